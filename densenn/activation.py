@@ -1,0 +1,306 @@
+"""Activation functions that know their derivative.
+
+Each activation is described once, here, in two forms that sit side by side:
+
+* NumPy kernels (``np_activ``, ``np_prime``, ``np_delta``) that the CPU engine runs.
+  They write only into the arrays they are given and allocate nothing, so a
+  training step stays allocation-free.
+* C expressions (``c_activ``, ``c_prime``) of the variable ``z`` (and the
+  parameter ``p``) that the OpenCL and CUDA engines compile into elementwise
+  kernels, including the fused backward kernel ``z = prime(z) * a``.
+
+The seed's contract holds for every activation:
+
+* ``activ(z, a)`` writes f(z) into ``a`` and keeps ``z``;
+* ``prime(z)`` overwrites ``z`` with f'(z);
+* ``delta(z, a)`` overwrites ``z`` with f'(z) ∘ a, the backward pass's
+  ``delta = prime(z) ∘ a`` (``a`` holds the signal from the layer above and may
+  be overwritten as scratch).
+
+Formulas are chosen so |z| up to 1e4 gives no overflow warning and no NaN:
+sigmoid goes through tanh (as in the seed), tanh's derivative is 1 - tanh²
+rather than the seed's 1/cosh², softplus uses logaddexp, ELU exponentiates only
+min(z, 0).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import special
+
+from densenn.errors import DensennError, check_choice, describe
+
+
+class Activation:
+    """Base class: an activation function and its derivative.
+
+    ``param`` is the activation's one hyper-parameter where it has one (the
+    slope of leaky ReLU, the alpha of ELU); ``work_kind`` says what working
+    memory a training layer must give it: ``None`` (none), ``"full"`` (an array
+    shaped like ``z``) or ``"row"`` (one value per sample, shape ``(batch, 1)``).
+    """
+
+    name: str = ""
+    param: float = 0.0
+    work_kind: str | None = None
+    #: True when f'(z) is elementwise; softmax's Jacobian is not.
+    elementwise: bool = True
+    c_activ: str = ""
+    c_prime: str = ""
+
+    # -- the NumPy kernels; subclasses override --------------------------
+    def np_activ(self, z, a, work=None):
+        """a = f(z). Writes ``a``; keeps ``z``."""
+        raise NotImplementedError  # abstract
+
+    def np_prime(self, z, work=None):
+        """z = f'(z). Overwrites ``z``."""
+        raise NotImplementedError  # abstract
+
+    def np_delta(self, z, a, work=None):
+        """z = f'(z) * a. Overwrites ``z``; ``a`` is the incoming signal."""
+        self.np_prime(z, work)
+        np.multiply(z, a, out=z)
+        return z
+
+    # -- description -----------------------------------------------------
+    def config(self) -> dict:
+        return {"name": self.name, "param": self.param} if self.param else {"name": self.name}
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.param})" if self.param else f"{type(self).__name__}()"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.param == other.param
+
+    def __hash__(self):
+        return hash((type(self), self.param))
+
+
+class Sigmoid(Activation):
+    name = "sigmoid"
+    c_activ = "(T)0.5 * tanh((T)0.5 * z) + (T)0.5"
+    c_prime = "(T)0.25 * ((T)1 - tanh((T)0.5 * z) * tanh((T)0.5 * z))"
+
+    def np_activ(self, z, a, work=None):
+        return special.expit(z, out=a)
+
+    def np_prime(self, z, work=None):
+        # σ'(z) = σ(1-σ) = (1 - tanh²(z/2)) / 4: needs no second buffer.
+        np.multiply(z, 0.5, out=z)
+        np.tanh(z, out=z)
+        np.square(z, out=z)
+        np.subtract(1.0, z, out=z)
+        np.multiply(z, 0.25, out=z)
+        return z
+
+
+class Tanh(Activation):
+    name = "tanh"
+    c_activ = "tanh(z)"
+    c_prime = "(T)1 - tanh(z) * tanh(z)"
+
+    def np_activ(self, z, a, work=None):
+        return np.tanh(z, out=a)
+
+    def np_prime(self, z, work=None):
+        np.tanh(z, out=z)
+        np.square(z, out=z)
+        np.subtract(1.0, z, out=z)
+        return z
+
+
+class ReLU(Activation):
+    name = "relu"
+    c_activ = "z > (T)0 ? z : (T)0"
+    c_prime = "z > (T)0 ? (T)1 : (T)0"
+
+    def np_activ(self, z, a, work=None):
+        return np.maximum(z, 0.0, out=a)
+
+    def np_prime(self, z, work=None):
+        return np.greater(z, 0.0, out=z)
+
+    def np_delta(self, z, a, work=None):
+        # delta is the signal where z > 0, else 0; one pass instead of two.
+        np.greater(z, 0.0, out=z)
+        np.multiply(z, a, out=z)
+        return z
+
+
+class LeakyReLU(Activation):
+    name = "leaky_relu"
+    c_activ = "z > (T)0 ? z : (T)p * z"
+    c_prime = "z > (T)0 ? (T)1 : (T)p"
+
+    def __init__(self, slope: float = 0.01):
+        if not (isinstance(slope, (int, float)) and 0.0 <= slope < 1.0):
+            raise DensennError(f"leaky_relu slope must be a number in [0, 1), got {describe(slope)}")
+        self.param = float(slope)
+
+    def np_activ(self, z, a, work=None):
+        # max(z, p·z) is f(z) for 0 <= p < 1.
+        np.multiply(z, self.param, out=a)
+        return np.maximum(z, a, out=a)
+
+    def np_prime(self, z, work=None):
+        np.greater(z, 0.0, out=z)
+        np.multiply(z, 1.0 - self.param, out=z)
+        np.add(z, self.param, out=z)
+        return z
+
+
+class ELU(Activation):
+    name = "elu"
+    work_kind = "full"
+    c_activ = "z > (T)0 ? z : (T)p * expm1(z)"
+    c_prime = "z > (T)0 ? (T)1 : (T)p * exp(z)"
+
+    def __init__(self, alpha: float = 1.0):
+        if not (isinstance(alpha, (int, float)) and alpha > 0 and np.isfinite(alpha)):
+            raise DensennError(f"elu alpha must be a positive number, got {describe(alpha)}")
+        self.param = float(alpha)
+
+    def np_activ(self, z, a, work=None):
+        work = np.empty_like(z) if work is None else work
+        # f = max(z, 0) + p·expm1(min(z, 0)): exponentiate only the non-positive part.
+        np.minimum(z, 0.0, out=work)
+        np.expm1(work, out=work)
+        np.multiply(work, self.param, out=work)
+        np.maximum(z, 0.0, out=a)
+        return np.add(a, work, out=a)
+
+    def np_prime(self, z, work=None):
+        work = np.empty_like(z) if work is None else work
+        # f' = p·exp(min(z, 0)) + (1 - p)·[z > 0]
+        np.minimum(z, 0.0, out=work)
+        np.exp(work, out=work)
+        np.multiply(work, self.param, out=work)
+        np.greater(z, 0.0, out=z)
+        np.multiply(z, 1.0 - self.param, out=z)
+        return np.add(z, work, out=z)
+
+
+class Softplus(Activation):
+    name = "softplus"
+    c_activ = "z > (T)0 ? z + log1p(exp(-z)) : log1p(exp(z))"
+    c_prime = "(T)0.5 * tanh((T)0.5 * z) + (T)0.5"
+
+    def np_activ(self, z, a, work=None):
+        return np.logaddexp(0.0, z, out=a)
+
+    def np_prime(self, z, work=None):
+        return special.expit(z, out=z)
+
+
+class Linear(Activation):
+    name = "linear"
+    c_activ = "z"
+    c_prime = "(T)1"
+
+    def np_activ(self, z, a, work=None):
+        np.copyto(a, z)
+        return a
+
+    def np_prime(self, z, work=None):
+        z.fill(1.0)
+        return z
+
+    def np_delta(self, z, a, work=None):
+        np.copyto(z, a)
+        return z
+
+
+class Softmax(Activation):
+    """Row-wise softmax (one distribution per sample).
+
+    Its Jacobian is not diagonal: ``delta`` computes the full product
+    ``s ∘ (g - Σ s∘g)``; ``prime`` gives only the diagonal ``s(1 - s)``. Paired
+    with categorical cross-entropy the network skips both and uses ``a - y``.
+    """
+
+    name = "softmax"
+    work_kind = "row"
+    elementwise = False
+
+    def np_activ(self, z, a, work=None):
+        work = np.empty((z.shape[0], 1), z.dtype) if work is None else work
+        np.max(z, axis=1, keepdims=True, out=work)
+        np.subtract(z, work, out=a)
+        np.exp(a, out=a)
+        np.sum(a, axis=1, keepdims=True, out=work)
+        return np.divide(a, work, out=a)
+
+    def np_prime(self, z, work=None):
+        self.np_activ(z, z, work)
+        # diagonal of the Jacobian: s(1 - s) = 1/4 - (s - 1/2)², in place
+        np.subtract(z, 0.5, out=z)
+        np.square(z, out=z)
+        return np.subtract(0.25, z, out=z)
+
+    def np_delta(self, z, a, work=None):
+        work = np.empty((z.shape[0], 1), z.dtype) if work is None else work
+        self.np_activ(z, z, work)                        # z = s
+        np.einsum("ij,ij->i", z, a, out=work[:, 0])      # Σ_j s_j g_j per sample
+        np.subtract(a, work, out=a)                      # a is scratch once read
+        return np.multiply(z, a, out=z)
+
+
+ACTIVATIONS: dict[str, type[Activation]] = {
+    cls.name: cls for cls in (Sigmoid, Tanh, ReLU, LeakyReLU, ELU, Softplus, Linear, Softmax)
+}
+
+
+def get_activation(spec) -> Activation:
+    """An Activation from a name (``"relu"``), a config dict, or an Activation."""
+    if isinstance(spec, Activation):
+        return spec
+    if isinstance(spec, dict):
+        name = check_choice("activation", spec.get("name"), ACTIVATIONS)
+        return ACTIVATIONS[name](spec["param"]) if "param" in spec else ACTIVATIONS[name]()
+    check_choice("activation", spec, ACTIVATIONS)
+    return ACTIVATIONS[spec]()
+
+
+@dataclass
+class ActivationFn:
+    """An activation bound to an engine and to the working memory it needs.
+
+    This is the seed's ``SigmoidActivation``/``TanhActivation`` object: the
+    training layer owns one and calls ``activ``, ``prime`` and ``delta`` on its
+    own ``z`` and ``a``. ``work`` is allocated once, shaped for the layer's batch.
+    """
+
+    spec: Activation
+    engine: object
+    work: object = None
+
+    @classmethod
+    def for_layer(cls, spec: Activation, engine, batch: int, n_out: int, dtype) -> "ActivationFn":
+        shape = {"full": (batch, n_out), "row": (batch, 1), None: None}[spec.work_kind]
+        return cls(spec, engine, None if shape is None else engine.empty(shape, dtype))
+
+    def rows(self, n: int) -> "ActivationFn":
+        """The same activation working on the first ``n`` samples only."""
+        return ActivationFn(self.spec, self.engine, None if self.work is None else self.work[:n])
+
+    def activ(self, z, a):
+        """a = f(z); keeps z. Returns a."""
+        return self.engine.activ(self.spec, z, a, self.work)
+
+    def prime(self, z):
+        """z = f'(z); overwrites z. Returns z."""
+        return self.engine.prime(self.spec, z, self.work)
+
+    def delta(self, z, a):
+        """z = f'(z) ∘ a; overwrites z (and may use a as scratch). Returns z."""
+        return self.engine.delta(self.spec, z, a, self.work)
+
+    def nbytes(self) -> int:
+        return 0 if self.work is None else self.engine.nbytes(self.work)
+
+    def release(self):
+        if self.work is not None:
+            self.engine.release(self.work)
+            self.work = None

@@ -1,0 +1,137 @@
+"""The engine protocol: the few operations a layer needs, on any device.
+
+An engine owns arrays on its device and the kernels that work on them. Layers,
+costs and optimizers call only these methods, so the network code is the same
+on the CPU (NumPy + BLAS), OpenCL and CUDA.
+
+Conventions (NumPy's ``out=`` style, after Neanderthal's ``mm!``/``axpy!``):
+
+* every operation that writes takes the target as an argument, writes it in
+  place, and returns it; nothing inside a training step allocates;
+* matrices are 2-D, row-major ``(rows, cols)``; a batch is ``(n_samples,
+  n_features)``, which is the seed's column-major ``features × samples`` matrix
+  with no copy; ``arr[:n]`` (the first n samples) is a view on every engine;
+* vectors are 1-D; scalar accumulators are 1-element vectors that stay on the
+  device until ``to_host`` reads them.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+Array = Any  # an engine's array type: numpy.ndarray, pyopencl Array, cupy.ndarray
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Operations every engine implements. ``name`` is how users ask for it."""
+
+    name: str
+
+    # -- memory ------------------------------------------------------------
+    def supports(self, dtype) -> bool:
+        """Whether this engine computes in ``dtype`` (float32 always; float64 where the device can)."""
+
+    def empty(self, shape, dtype) -> Array:
+        """A new uninitialised array on the device."""
+
+    def zeros(self, shape, dtype) -> Array:
+        """A new zero-filled array on the device."""
+
+    def to_engine(self, host: np.ndarray, dtype=None) -> Array:
+        """A device copy of a host array (may share memory on the CPU engine)."""
+
+    def upload(self, host: np.ndarray, out: Array) -> Array:
+        """Copy a host array into the existing device array ``out``."""
+
+    def to_host(self, x: Array) -> np.ndarray:
+        """A NumPy copy of a device array (synchronises)."""
+
+    def owns(self, x: Array) -> bool:
+        """Whether ``x`` is an array of this engine (device/context included)."""
+
+    def nbytes(self, x: Array) -> int:
+        """Bytes of device memory behind ``x``."""
+
+    def release(self, x: Array) -> None:
+        """Give the memory behind ``x`` back now, not at garbage collection."""
+
+    def synchronize(self) -> None:
+        """Wait until all queued work on the device is done."""
+
+    # -- BLAS-like ---------------------------------------------------------
+    def gemm(self, alpha, a, b, beta, c, trans_a=False, trans_b=False) -> Array:
+        """c = alpha · op(a) · op(b) + beta · c, op(x) = xᵀ when trans_x. Overwrites c."""
+
+    def add_bias(self, z, b) -> Array:
+        """z[i, :] += b for every row i (the seed's rank-1 update with a ones vector). Overwrites z."""
+
+    def sum_rows(self, x, out) -> Array:
+        """out[j] = Σ_i x[i, j] (∇b from delta). Overwrites out."""
+
+    def axpy(self, alpha, x, y) -> Array:
+        """y += alpha · x. Overwrites y."""
+
+    def scal(self, alpha, x) -> Array:
+        """x *= alpha. Overwrites x."""
+
+    def copy(self, x, y) -> Array:
+        """y = x. Overwrites y."""
+
+    def fill(self, x, value) -> Array:
+        """x[...] = value. Overwrites x."""
+
+    def take_rows(self, src, idx: np.ndarray, out) -> Array:
+        """out = src[idx] (the rows of one shuffled batch), idx a host int array. Overwrites out."""
+
+    # -- activations (see densenn.activation for the math) -----------------
+    def activ(self, act, z, a, work=None) -> Array:
+        """a = f(z); keeps z."""
+
+    def bias_activ(self, act, z, b, a, work=None) -> Array:
+        """z += b, then a = f(z): the forward step after the GEMM, fused where the engine can."""
+
+    def prime(self, act, z, work=None) -> Array:
+        """z = f'(z). Overwrites z."""
+
+    def delta(self, act, z, a, work=None) -> Array:
+        """z = f'(z) ∘ a. Overwrites z; a may be used as scratch."""
+
+    # -- costs and metrics --------------------------------------------------
+    def cost_value(self, cost, a, y, work, acc) -> Array:
+        """acc[0] += Σ over rows of C(a, y). ``work`` (shaped like a) is scratch."""
+
+    def cost_gradient(self, cost, a, y, out, scale, work) -> Array:
+        """out = scale · ∂C/∂a. ``out`` may be ``a``."""
+
+    def diff(self, a, y, out, scale) -> Array:
+        """out = scale · (a - y): delta of a cost paired with its output activation."""
+
+    def count_correct(self, a, labels, work, acc) -> Array:
+        """acc[0] += #rows whose predicted class (argmax, or a > 0.5 for one output) equals labels."""
+
+    # -- optimizers -----------------------------------------------------------
+    def sgd_update(self, w, g, v, lr, momentum, nesterov, weight_decay) -> Array:
+        """One SGD step on w (overwrites w, v and g): g += wd·w; v = μv - lr·g;
+        w += v (or, Nesterov, w += μv - lr·g); plain SGD (v None) w -= lr·g."""
+
+    def adam_update(self, w, g, m, v, step, eps, beta1, beta2, weight_decay, decay, work) -> Array:
+        """One Adam step (overwrites w, g, m, v, work): g += wd·w (L2); m = β1m + (1-β1)g;
+        v = β2v + (1-β2)g²; w -= step · m / (√v + eps) - decay · w, where ``step`` and
+        ``eps`` already carry the bias correction and ``decay`` is AdamW's lr·wd."""
+
+
+def check_dtype(engine, dtype) -> np.dtype:
+    """The NumPy dtype for ``dtype``, or a DensennError if the engine can't compute in it."""
+    from densenn.errors import DensennError
+
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise DensennError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
+    if dt not in (np.float32, np.float64):
+        raise DensennError(f"dtype must be 'float32' or 'float64', got {dt}")
+    if not engine.supports(dt):
+        raise DensennError(f"engine {engine.name!r} does not support {dt} on this device")
+    return dt

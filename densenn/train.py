@@ -1,0 +1,196 @@
+"""The fit loop: epochs, shuffled mini-batches, metrics, progress, divergence guard.
+
+Data goes to the engine once per ``fit``; each step gathers its batch's rows
+there (``take_rows``), runs forward, cost, backward and the optimizer without
+allocating, and leaves the loss on the engine. The loss is read back once per
+epoch (and now and then for the progress bar).
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from densenn.cost import get_cost
+from densenn.errors import DensennError, TrainingDiverged, check_matrix, check_positive_int, describe
+from densenn.network import prepare_targets
+from densenn.optimizer import Adam, get_optimizer
+
+
+class History:
+    """Per-epoch metrics of a ``fit``: ``history["loss"]``, ``["accuracy"]``,
+    ``["val_loss"]``, ``["val_accuracy"]``, ``["lr"]``, ``["seconds"]``."""
+
+    def __init__(self):
+        self.history: dict[str, list] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [],
+                                         "lr": [], "seconds": []}
+
+    def __getitem__(self, key):
+        return self.history[key]
+
+    def append(self, **logs):
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history["loss"])
+
+    def to_dict(self) -> dict:
+        return {k: list(v) for k, v in self.history.items() if v and any(x is not None for x in v)}
+
+    def plot(self, path, title: str = "training") -> str:
+        """Write loss and accuracy curves (train and validation) to a PNG at ``path`` (atomically)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        h = self.history
+        epochs = np.arange(1, self.epochs + 1)
+        has_acc = any(v is not None for v in h["accuracy"])
+        fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 4))
+        axes = np.atleast_1d(axes)
+        axes[0].plot(epochs, h["loss"], label="train")
+        if any(v is not None for v in h["val_loss"]):
+            axes[0].plot(epochs, h["val_loss"], label="validation")
+        axes[0].set(xlabel="epoch", ylabel="loss", title=f"{title}: loss")
+        axes[0].legend()
+        if has_acc:
+            axes[1].plot(epochs, [100 * v for v in h["accuracy"]], label="train")
+            if any(v is not None for v in h["val_accuracy"]):
+                axes[1].plot(epochs, [100 * v for v in h["val_accuracy"]], label="validation")
+            axes[1].set(xlabel="epoch", ylabel="accuracy (%)", title=f"{title}: accuracy")
+            axes[1].legend()
+        for ax in axes:
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, dpi=100)
+            os.replace(tmp, path)
+        finally:
+            plt.close(fig)
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    def __repr__(self):
+        return f"History(epochs={self.epochs}, final={ {k: v[-1] for k, v in self.to_dict().items()} })"
+
+
+def _progress(total: int, enabled):
+    if enabled is None:
+        enabled = True
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="batch", dynamic_ncols=True, leave=True)
+
+
+def fit(net, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=None,
+        validation_data=None, shuffle: bool = True, progress=None, callbacks=(), lr: float | None = None):
+    """Train ``net`` on (x, y) and return a :class:`History`.
+
+    x: ``(n_samples, n_features)``; y: class indices, one-hot rows or real targets.
+    ``cost`` defaults to the output activation's partner (softmax → cross-entropy,
+    sigmoid → binary cross-entropy, else quadratic); ``optimizer`` to Adam(1e-3)
+    (a name such as ``"sgd"`` with ``lr`` works too). Shuffling each epoch comes
+    from the network's seed. The last, smaller batch of an epoch is trained on.
+    ``callbacks`` are called as ``cb(epoch, logs)``; one returning True stops
+    training. If the loss becomes NaN/inf, training stops with
+    :class:`TrainingDiverged` and the weights from the start of that epoch.
+    """
+    x = check_matrix("x", x, n_features=net.n_in)
+    n = x.shape[0]
+    epochs = check_positive_int("epochs", epochs)
+    batch_size = min(check_positive_int("batch_size", batch_size), n)
+    targets, labels = prepare_targets(y, n, net.n_out)
+    cost = get_cost(cost or net.default_cost())
+    if optimizer is None:
+        optimizer = Adam() if lr is None else Adam(lr)
+    else:
+        optimizer = get_optimizer(optimizer, lr)
+    val = None
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise DensennError(f"validation_data must be a pair (x_val, y_val), got {describe(validation_data)}")
+        xv = check_matrix("validation_data x", validation_data[0], n_features=net.n_in)
+        prepare_targets(validation_data[1], xv.shape[0], net.n_out, name="validation_data y")
+        val = (xv, validation_data[1])
+
+    e, dt = net.engine, net.dtype
+    tn = net.trainer(batch_size, cost)
+    optimizer.bind(e, tn.params, dt)
+    net.optimizer = optimizer
+    for schedule in (optimizer.schedule,):
+        if hasattr(schedule, "total_epochs") and schedule.total_epochs is None and schedule.name != "constant":
+            schedule.total_epochs = epochs
+
+    # the whole data set goes to the engine once; batches are gathered there
+    xs = e.to_engine(np.ascontiguousarray(x, dtype=dt))
+    ys = e.to_engine(np.ascontiguousarray(targets, dtype=dt))
+    ls = e.to_engine(labels) if labels is not None else None
+    backup = [e.empty(p.shape, dt) for p in tn.params]
+
+    steps = math.ceil(n / batch_size)
+    history = History()
+    net.history = history
+    bar = _progress(epochs * steps, progress)
+    try:
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            for p, saved in zip(tn.params, backup):
+                e.copy(p, saved)
+            order = net._shuffle_rng.permutation(n) if shuffle else np.arange(n)
+            tn.read_acc(reset=True)
+            for step in range(steps):
+                idx = order[step * batch_size:(step + 1) * batch_size]
+                rows = tn.load(xs, ys, ls, idx)
+                tn.step(rows, optimizer, epoch + step / steps, labels is not None)
+                if bar is not None:
+                    bar.update(1)
+            loss_sum, correct = tn.read_acc(reset=True)
+            loss = loss_sum / n
+            if not math.isfinite(loss):
+                for p, saved in zip(tn.params, backup):
+                    e.copy(saved, p)
+                raise TrainingDiverged(
+                    f"the training loss became {loss} in epoch {epoch + 1}; training stopped and the weights "
+                    f"from the start of that epoch were kept (try a smaller learning rate, now "
+                    f"{optimizer.current_lr(epoch):g}, or standardised inputs)")
+            logs = {"loss": loss, "accuracy": correct / n if labels is not None else None,
+                    "lr": optimizer.current_lr(epoch), "val_loss": None, "val_accuracy": None}
+            if val is not None:
+                scores = net.evaluate(val[0], val[1], cost=cost)
+                logs["val_loss"], logs["val_accuracy"] = scores["loss"], scores["accuracy"]
+            logs["seconds"] = time.perf_counter() - start
+            history.append(**logs)
+            if bar is not None:
+                bar.set_postfix(_postfix(epoch, epochs, logs), refresh=True)
+            if any(cb(epoch, logs) for cb in callbacks):
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        for buf in backup + [xs, ys] + ([ls] if ls is not None else []):
+            e.release(buf)
+    return history
+
+
+def _postfix(epoch, epochs, logs) -> dict:
+    post = {"epoch": f"{epoch + 1}/{epochs}", "loss": f"{logs['loss']:.4f}"}
+    if logs["accuracy"] is not None:
+        post["acc"] = f"{logs['accuracy']:.4f}"
+    if logs["val_accuracy"] is not None:
+        post["val_acc"] = f"{logs['val_accuracy']:.4f}"
+    elif logs["val_loss"] is not None:
+        post["val_loss"] = f"{logs['val_loss']:.4f}"
+    return post
