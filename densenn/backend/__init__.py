@@ -1,4 +1,4 @@
-"""Engines, found by name: ``"cpu"``, ``"opencl"`` (``"opencl:P:D"``), ``"cuda"`` (``"cuda:N"``).
+"""Engines, found by name: ``"cpu"`` (``"cpu:numpy"``, ``"cpu:numba"``), ``"opencl"`` (``"opencl:P:D"``), ``"cuda"`` (``"cuda:N"``).
 
 ``get_engine(name)`` returns one shared engine per name; ``None`` means the
 default engine, which is ``$DENSENN_ENGINE`` or ``"cpu"`` unless
@@ -30,9 +30,10 @@ _default: str | None = None
 
 def _create(kind: str, arg: str):
     if kind == "cpu":
-        if arg:
-            raise DensennError(f"engine 'cpu' takes no device argument, got 'cpu:{arg}'")
-        return CPUEngine()
+        if arg not in ("", "numpy", "numba"):
+            raise DensennError(f"engine 'cpu' takes 'cpu', 'cpu:numpy' (pure NumPy kernels) or "
+                               f"'cpu:numba' (fused kernels), got 'cpu:{arg}'")
+        return CPUEngine(fused=None if arg == "" else arg == "numba")
     module_name, factory = _KINDS[kind]
     try:
         module = importlib.import_module(module_name)

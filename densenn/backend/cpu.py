@@ -8,25 +8,44 @@ returns a copy and leaves ``c`` alone, so every call checks that it got ``c`` ba
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from scipy.linalg import blas
 
+from densenn.backend import cpu_fused
 from densenn.errors import DensennError
 
 _GEMM = {np.dtype(np.float32): blas.sgemm, np.dtype(np.float64): blas.dgemm}
 _AXPY = {np.dtype(np.float32): blas.saxpy, np.dtype(np.float64): blas.daxpy}
+_GER = {np.dtype(np.float32): blas.sger, np.dtype(np.float64): blas.dger}
 
 
 class CPUEngine:
-    """NumPy + SciPy BLAS. Arrays are C-contiguous ``numpy.ndarray``."""
+    """NumPy + SciPy BLAS. Arrays are C-contiguous ``numpy.ndarray``.
+
+    ``fused`` (default: when Numba is installed and ``$DENSENN_NUMBA`` is not
+    ``0``) runs bias+activation, delta and the optimizer updates as one-pass
+    Numba kernels (see ``cpu_fused``); ``fused=False`` is the pure NumPy path.
+    """
 
     name = "cpu"
 
-    def __init__(self):
+    def __init__(self, fused: bool | None = None):
+        if fused is None:
+            fused = cpu_fused.AVAILABLE and os.environ.get("DENSENN_NUMBA", "1") != "0"
+        if fused and not cpu_fused.AVAILABLE:
+            raise DensennError("the fused CPU kernels need Numba: pip install numba")
+        self.fused = bool(fused)
         self.uploads = 0  # host→engine copies, counted like the device engines do
+        self._ones: dict = {}  # dtype -> a vector of ones, grown to the largest batch seen
 
     def __repr__(self):
-        return "CPUEngine()"
+        return f"CPUEngine(fused={self.fused})"
+
+    def _fuses(self, act, *arrays) -> bool:
+        return self.fused and act.name in cpu_fused.FUSED_ACTIVATIONS and \
+            all(x.flags.c_contiguous for x in arrays)
 
     # -- memory ------------------------------------------------------------
     def supports(self, dtype) -> bool:
@@ -74,7 +93,21 @@ class CPUEngine:
                 f"C-contiguous={c.flags.c_contiguous}); operands must share c's dtype")
         return c
 
+    def ones(self, n: int, dtype):
+        """A read-only vector of n ones (the seed's ``ones`` for the rank-1 bias update)."""
+        dt = np.dtype(dtype)
+        if dt not in self._ones or self._ones[dt].shape[0] < n:
+            self._ones[dt] = np.ones(max(n, 1), dtype=dt)
+        return self._ones[dt][:n]
+
     def add_bias(self, z, b):
+        # The seed's rank-1 update z += b·1ᵀ through BLAS ?ger: in place, no temporary
+        # (NumPy's broadcasting add goes through its iteration buffer).
+        zt = z.T
+        if z.flags.c_contiguous and b.dtype == z.dtype:
+            out = _GER[z.dtype](1.0, b, self.ones(z.shape[0], z.dtype), a=zt, overwrite_a=1)
+            if out is zt:
+                return z
         return np.add(z, b, out=z)
 
     def sum_rows(self, x, out):
@@ -99,20 +132,27 @@ class CPUEngine:
         return x
 
     def take_rows(self, src, idx, out):
-        return np.take(src, idx, axis=0, out=out)
+        # mode="clip" writes straight into out; the default "raise" goes through a temporary
+        return np.take(src, idx, axis=0, out=out, mode="clip")
 
     # -- activations ---------------------------------------------------------
     def activ(self, act, z, a, work=None):
         return act.np_activ(z, a, work)
 
     def bias_activ(self, act, z, b, a, work=None):
-        np.add(z, b, out=z)
+        if self._fuses(act, z, a):
+            cpu_fused.activation_kernels(act)[0](z, b, a, z.dtype.type(act.param))
+            return a
+        self.add_bias(z, b)
         return act.np_activ(z, a, work)
 
     def prime(self, act, z, work=None):
         return act.np_prime(z, work)
 
     def delta(self, act, z, a, work=None):
+        if self._fuses(act, z, a):
+            cpu_fused.activation_kernels(act)[1](z, a, z.dtype.type(act.param))
+            return z
         return act.np_delta(z, a, work)
 
     # -- costs and metrics ---------------------------------------------------
@@ -139,6 +179,15 @@ class CPUEngine:
 
     # -- optimizers ------------------------------------------------------------
     def sgd_update(self, w, g, v, lr, momentum, nesterov, weight_decay):
+        if self.fused:
+            t = w.dtype.type
+            _, sgd_momentum, sgd = cpu_fused.optimizer_kernels()
+            if v is None:
+                sgd(w.reshape(-1), g.reshape(-1), t(lr), t(weight_decay))
+            else:
+                sgd_momentum(w.reshape(-1), g.reshape(-1), v.reshape(-1), t(lr), t(momentum),
+                             bool(nesterov), t(weight_decay))
+            return w
         if weight_decay:
             self.axpy(weight_decay, w, g)
         if v is None:
@@ -151,6 +200,12 @@ class CPUEngine:
         return self.axpy(1.0, v, w)
 
     def adam_update(self, w, g, m, v, step, eps, beta1, beta2, weight_decay, decay, work):
+        if self.fused:
+            t = w.dtype.type
+            cpu_fused.optimizer_kernels()[0](w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
+                                             t(step), t(eps), t(beta1), t(beta2), t(weight_decay),
+                                             t(1.0 - decay))
+            return w
         if weight_decay:
             self.axpy(weight_decay, w, g)
         if decay:

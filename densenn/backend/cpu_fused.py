@@ -1,0 +1,131 @@
+"""Fused CPU kernels, compiled with Numba when it is installed.
+
+NumPy runs each elementwise step as its own pass over memory: the Adam update
+is a dozen passes, bias + ReLU two, the ReLU backward two. These kernels do each
+in one pass. They are compiled lazily, per activation, the first time a network
+uses them, and are an optimisation only: ``CPUEngine(fused=False)`` (engine name
+``"cpu:numpy"``) runs the pure NumPy path, and the tests compare the two.
+
+Only activations without transcendental functions are fused: NumPy's own SIMD
+``tanh``/``exp`` beat a scalar loop calling libm, so sigmoid, tanh, softplus and
+ELU stay on the NumPy kernels.
+"""
+from __future__ import annotations
+
+import math
+
+try:
+    import numba
+except ImportError:  # the pure NumPy path needs nothing more
+    numba = None
+
+AVAILABLE = numba is not None
+#: activations whose fused kernels beat NumPy (no libm call per element; softmax rows
+#: are short and NumPy would need broadcasting temporaries for them)
+FUSED_ACTIVATIONS = {"relu", "leaky_relu", "linear", "softmax"}
+
+_cache: dict = {}
+
+
+def _njit(fn):
+    # error_model="numpy": no ZeroDivisionError checks, which would block SIMD in the loops
+    return numba.njit(cache=False, nogil=True, boundscheck=False, error_model="numpy")(fn)
+
+
+def _bias_softmax(z, b, a, p):
+    n, m = z.shape
+    for i in range(n):
+        top = -math.inf
+        for j in range(m):
+            v = z[i, j] + b[j]
+            z[i, j] = v
+            top = max(top, v)
+        total = 0.0
+        for j in range(m):
+            e = math.exp(z[i, j] - top)    # shifted by the row max: no overflow
+            a[i, j] = e
+            total += e
+        scale = 1.0 / total
+        for j in range(m):
+            a[i, j] *= scale
+
+
+def _softmax_delta(z, a, p):
+    # z = s ∘ (g - Σ_j s_j g_j), s = softmax(z), g = a
+    n, m = z.shape
+    for i in range(n):
+        top = -math.inf
+        for j in range(m):
+            top = max(top, z[i, j])
+        total = 0.0
+        for j in range(m):
+            e = math.exp(z[i, j] - top)
+            z[i, j] = e
+            total += e
+        dot = 0.0
+        for j in range(m):
+            z[i, j] /= total
+            dot += z[i, j] * a[i, j]
+        for j in range(m):
+            z[i, j] *= a[i, j] - dot
+
+
+def activation_kernels(act):
+    """(bias_activ, delta) kernels for an activation, compiled once per class."""
+    key = type(act)
+    if key not in _cache and act.name == "softmax":
+        _cache[key] = (_njit(_bias_softmax), _njit(_softmax_delta))
+    if key not in _cache:
+        f = _njit(act.py_activ)
+        fp = _njit(act.py_prime)
+
+        def bias_activ(z, b, a, p):
+            n, m = z.shape
+            for i in range(n):
+                for j in range(m):
+                    v = z[i, j] + b[j]
+                    z[i, j] = v
+                    a[i, j] = f(v, p)
+
+        def delta(z, a, p):
+            n, m = z.shape
+            for i in range(n):
+                for j in range(m):
+                    z[i, j] = fp(z[i, j], p) * a[i, j]
+
+        _cache[key] = (_njit(bias_activ), _njit(delta))
+    return _cache[key]
+
+
+def _adam(w, g, m, v, step, eps, beta1, beta2, weight_decay, keep):
+    # scalars arrive in the arrays' dtype, so float32 stays float32 arithmetic
+    for i in range(w.shape[0]):
+        gi = g[i] + weight_decay * w[i]
+        mi = beta1 * m[i] + (1 - beta1) * gi
+        vi = beta2 * v[i] + (1 - beta2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        w[i] = keep * w[i] - step * mi / (math.sqrt(vi) + eps)
+
+
+def _sgd_momentum(w, g, v, lr, momentum, nesterov, weight_decay):
+    for i in range(w.shape[0]):
+        gi = g[i] + weight_decay * w[i]
+        vi = momentum * v[i] - lr * gi
+        v[i] = vi
+        if nesterov:
+            w[i] += momentum * vi - lr * gi
+        else:
+            w[i] += vi
+
+
+def _sgd(w, g, lr, weight_decay):
+    for i in range(w.shape[0]):
+        w[i] -= lr * (g[i] + weight_decay * w[i])
+
+
+def optimizer_kernels():
+    """(adam, sgd_momentum, sgd) over flat (1-D) parameter views."""
+    if "optim" not in _cache:
+        _cache["optim"] = (_njit(_adam), _njit(_sgd_momentum), _njit(_sgd))
+    return _cache["optim"]
