@@ -100,6 +100,8 @@ class Sigmoid(Activation):
         return 0.25 * (1.0 - t * t)
 
     def np_activ(self, z, a, work=None):
+        # expit, not the seed's ½·tanh(z/2) + ½: that form rounds σ(-30) to 0 in float32
+        # (1 + tanh cancels), losing the relative precision of the left tail
         return special.expit(z, out=a)
 
     def np_prime(self, z, work=None):
@@ -248,7 +250,7 @@ class Softplus(Activation):
         return np.logaddexp(0.0, z, out=a)
 
     def np_prime(self, z, work=None):
-        return special.expit(z, out=z)
+        return special.expit(z, out=z)     # softplus' = σ
 
 
 class Linear(Activation):
@@ -278,6 +280,23 @@ class Linear(Activation):
         return z
 
 
+def _per_row(ufunc, x, v, out):
+    """out[i, j] = ufunc(x[i, j], v[i]) for an (n, m) ``x`` and an (n,) ``v``; returns out.
+
+    A 2-D ufunc call that broadcasts ``v`` makes NumPy copy it into an iteration
+    buffer (up to 8192 elements, every call); 1-D calls along the shorter side of
+    ``x`` need none, so the step stays allocation-free.
+    """
+    n, m = x.shape
+    if m <= n:
+        for j in range(m):
+            ufunc(x[:, j], v, out=out[:, j])
+    else:
+        for i in range(n):
+            ufunc(x[i], v[i], out=out[i])
+    return out
+
+
 class Softmax(Activation):
     """Row-wise softmax (one distribution per sample).
 
@@ -293,10 +312,10 @@ class Softmax(Activation):
     def np_activ(self, z, a, work=None):
         work = np.empty((z.shape[0], 1), z.dtype) if work is None else work
         np.max(z, axis=1, keepdims=True, out=work)
-        np.subtract(z, work, out=a)
+        _per_row(np.subtract, z, work[:, 0], a)          # shifted by the row max: no overflow
         np.exp(a, out=a)
         np.sum(a, axis=1, keepdims=True, out=work)
-        return np.divide(a, work, out=a)
+        return _per_row(np.divide, a, work[:, 0], a)
 
     def np_prime(self, z, work=None):
         self.np_activ(z, z, work)
@@ -309,7 +328,7 @@ class Softmax(Activation):
         work = np.empty((z.shape[0], 1), z.dtype) if work is None else work
         self.np_activ(z, z, work)                        # z = s
         np.einsum("ij,ij->i", z, a, out=work[:, 0])      # Σ_j s_j g_j per sample
-        np.subtract(a, work, out=a)                      # a is scratch once read
+        _per_row(np.subtract, a, work[:, 0], a)          # a is scratch once read
         return np.multiply(z, a, out=z)
 
 

@@ -110,6 +110,7 @@ class TrainingNetwork:
         self.x = e.empty((batch, net.n_in), dt)
         self.y = e.empty((batch, net.n_out), dt)
         self.labels = e.zeros((batch,), LABEL_DTYPE)
+        self.idx = e.zeros((batch,), LABEL_DTYPE)
         self.cost_work = e.empty((batch, net.n_out), dt)
         self.metric_work = e.empty((batch,), LABEL_DTYPE)
         self.acc = e.zeros((2,), dt)
@@ -140,13 +141,19 @@ class TrainingNetwork:
         return self._views[n]
 
     def load(self, xs, ys, labels, idx):
-        """Gather the rows ``idx`` of the engine arrays into the batch buffers. Returns n."""
+        """Gather the rows ``idx`` (host ints) of the engine arrays into the batch buffers. Returns n.
+
+        The indices are uploaded once into ``self.idx`` and used for x, y and the
+        labels alike: one host→engine transfer per batch.
+        """
         n = len(idx)
         _, x, y, lab, _, _ = self.views(n)
-        self.engine.take_rows(xs, idx, x)
-        self.engine.take_rows(ys, idx, y)
+        idx_e = self.idx[:n]
+        self.engine.upload(idx, idx_e)
+        self.engine.take_rows(xs, idx_e, x)
+        self.engine.take_rows(ys, idx_e, y)
         if labels is not None:
-            self.engine.take_rows(labels, idx, lab)
+            self.engine.take_rows(labels, idx_e, lab)
         return n
 
     def forward_backward(self, n: int, with_labels: bool):
@@ -186,15 +193,17 @@ class TrainingNetwork:
         for layer in self.layers:
             for k, v in layer.nbytes().items():
                 out[k] += v
-        out["batch"] = sum(e.nbytes(b) for b in (self.x, self.y, self.labels))
-        out["work"] += sum(e.nbytes(b) for b in (self.cost_work, self.metric_work, self.acc))
+        out["batch"] = sum(e.nbytes(b) for b in (self.x, self.y, self.labels, self.idx) if b is not None)
+        out["work"] += sum(e.nbytes(b) for b in (self.cost_work, self.metric_work, self.acc) if b is not None)
         return out
 
     def release(self):
         for layer in self.layers:
             layer.release()
-        for name in ("x", "y", "labels", "cost_work", "metric_work", "acc"):
-            self.engine.release(getattr(self, name))
+        for name in ("x", "y", "labels", "idx", "cost_work", "metric_work", "acc"):
+            if getattr(self, name) is not None:
+                self.engine.release(getattr(self, name))
+                setattr(self, name, None)       # nothing stays reachable through a released network
         self.layers = []
         self._views = {}
 
@@ -343,6 +352,7 @@ class Network:
         check_positive_int("batch_size", batch_size)
         targets, labels = prepare_targets(y, x.shape[0], self.n_out)
         cost = get_cost(cost or self.default_cost())
+        cost.check_targets(targets, "y")
         e = self.engine
         acc = e.zeros((2,), self.dtype)
         for start, a in self._forward_chunks(x, batch_size):

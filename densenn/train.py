@@ -16,7 +16,7 @@ import numpy as np
 
 from densenn.cost import get_cost
 from densenn.errors import DensennError, TrainingDiverged, check_matrix, check_positive_int, describe
-from densenn.network import prepare_targets
+from densenn.network import LABEL_DTYPE, prepare_targets
 from densenn.optimizer import Adam, get_optimizer
 
 
@@ -106,7 +106,8 @@ def fit(net, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=
     from the network's seed. The last, smaller batch of an epoch is trained on.
     ``callbacks`` are called as ``cb(epoch, logs)``; one returning True stops
     training. If the loss becomes NaN/inf, training stops with
-    :class:`TrainingDiverged` and the weights from the start of that epoch.
+    :class:`TrainingDiverged` and the weights from the start of that epoch
+    (the optimizer's momentum/moments are reset: they hold the NaN too).
     """
     x = check_matrix("x", x, n_features=net.n_in)
     n = x.shape[0]
@@ -114,6 +115,7 @@ def fit(net, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=
     batch_size = min(check_positive_int("batch_size", batch_size), n)
     targets, labels = prepare_targets(y, n, net.n_out)
     cost = get_cost(cost or net.default_cost())
+    cost.check_targets(targets, "y")
     if optimizer is None:
         optimizer = Adam() if lr is None else Adam(lr)
     else:
@@ -123,7 +125,8 @@ def fit(net, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise DensennError(f"validation_data must be a pair (x_val, y_val), got {describe(validation_data)}")
         xv = check_matrix("validation_data x", validation_data[0], n_features=net.n_in)
-        prepare_targets(validation_data[1], xv.shape[0], net.n_out, name="validation_data y")
+        val_targets, _ = prepare_targets(validation_data[1], xv.shape[0], net.n_out, name="validation_data y")
+        cost.check_targets(val_targets, "validation_data y")
         val = (xv, validation_data[1])
 
     e, dt = net.engine, net.dtype
@@ -149,7 +152,7 @@ def fit(net, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=
             start = time.perf_counter()
             for p, saved in zip(tn.params, backup):
                 e.copy(p, saved)
-            order = net._shuffle_rng.permutation(n) if shuffle else np.arange(n)
+            order = (net._shuffle_rng.permutation(n) if shuffle else np.arange(n)).astype(LABEL_DTYPE)
             tn.read_acc(reset=True)
             for step in range(steps):
                 idx = order[step * batch_size:(step + 1) * batch_size]
@@ -162,10 +165,13 @@ def fit(net, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=
             if not math.isfinite(loss):
                 for p, saved in zip(tn.params, backup):
                     e.copy(saved, p)
+                # the momentum/moments took in the same NaN/inf: without a reset, a retry with a
+                # smaller rate and this optimizer would diverge again at its first step
+                optimizer.reset()
                 raise TrainingDiverged(
                     f"the training loss became {loss} in epoch {epoch + 1}; training stopped and the weights "
-                    f"from the start of that epoch were kept (try a smaller learning rate, now "
-                    f"{optimizer.current_lr(epoch):g}, or standardised inputs)")
+                    f"from the start of that epoch were kept, the optimizer's state reset (try a smaller "
+                    f"learning rate, now {optimizer.current_lr(epoch):g}, or standardised inputs)")
             logs = {"loss": loss, "accuracy": correct / n if labels is not None else None,
                     "lr": optimizer.current_lr(epoch), "val_loss": None, "val_accuracy": None}
             if val is not None:

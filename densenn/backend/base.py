@@ -82,8 +82,11 @@ class Engine(Protocol):
     def fill(self, x, value) -> Array:
         """x[...] = value. Overwrites x."""
 
-    def take_rows(self, src, idx: np.ndarray, out) -> Array:
-        """out = src[idx] (the rows of one shuffled batch), idx a host int array. Overwrites out."""
+    def take_rows(self, src, idx, out) -> Array:
+        """out = src[idx] (the rows of one shuffled batch). Overwrites out.
+
+        ``idx`` is an int32 engine array (the training loop uploads a batch's
+        indices once and gathers x, y and labels with them) or a host int array."""
 
     # -- activations (see densenn.activation for the math) -----------------
     def activ(self, act, z, a, work=None) -> Array:
