@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from densenn.errors import check_choice
+from densenn.errors import DensennError, check_choice
 
 
 class Cost:
@@ -30,6 +30,19 @@ class Cost:
     def eps(dtype) -> float:
         """Clip constant that keeps log and 1/a finite."""
         return float(np.finfo(dtype).eps)
+
+    #: the range targets must lie in for this cost (None: any real)
+    target_range: tuple[float, float] | None = None
+
+    def check_targets(self, targets, name: str = "y") -> None:
+        """DensennError if ``targets`` (the float target matrix) lie outside ``target_range``."""
+        if self.target_range is None or targets.size == 0:
+            return
+        low, high = self.target_range
+        if targets.min() < low or targets.max() > high:
+            raise DensennError(f"{name} must hold targets in [{low:g}, {high:g}] for the {self.name} cost "
+                               f"(class labels or probabilities), got values in "
+                               f"[{targets.min():g}, {targets.max():g}]")
 
     def np_value(self, a, y, work) -> float:
         """Σ over the batch of the per-sample cost. Overwrites ``work`` (shaped like a)."""
@@ -65,6 +78,7 @@ class CrossEntropy(Cost):
 
     name = "crossentropy"
     pairs_with = "softmax"
+    target_range = (0.0, 1.0)
     c_loss = "-y * log(fmax(a, (T)eps))"
     c_grad = "-y / fmax(a, (T)eps)"
 
@@ -84,6 +98,7 @@ class BinaryCrossEntropy(Cost):
 
     name = "binary_crossentropy"
     pairs_with = "sigmoid"
+    target_range = (0.0, 1.0)
     c_loss = "-(y * log(fmax(a, (T)eps)) + ((T)1 - y) * log(fmax((T)1 - a, (T)eps)))"
     c_grad = "(a - y) / fmax(a * ((T)1 - a), (T)eps)"
 

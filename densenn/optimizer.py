@@ -88,6 +88,14 @@ class CosineDecay(Schedule):
         return {"name": self.name, "min_factor": self.min_factor, "total_epochs": self.total_epochs}
 
 
+def _from_config(kind: str, cls, kwargs: dict):
+    """``cls(**kwargs)``, with an unknown or missing keyword reported as a DensennError."""
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise DensennError(f"bad {kind} config for {cls.__name__}: {exc}") from None
+
+
 SCHEDULES = {"constant": Constant, "step": StepDecay, "linear": LinearDecay, "cosine": CosineDecay}
 
 
@@ -99,7 +107,7 @@ def get_schedule(spec) -> Schedule:
     if isinstance(spec, dict):
         spec = dict(spec)
         name = check_choice("schedule", spec.pop("name", None), SCHEDULES)
-        return SCHEDULES[name](**spec)
+        return _from_config("schedule", SCHEDULES[name], spec)
     check_choice("schedule", spec, SCHEDULES)
     return SCHEDULES[spec]()
 
@@ -286,7 +294,7 @@ def get_optimizer(spec, lr: float | None = None) -> Optimizer:
     if isinstance(spec, dict):
         spec = dict(spec)
         name = check_choice("optimizer", spec.pop("name", None), {"sgd", "adam"})
-        return (SGD if name == "sgd" else Adam)(**spec)
+        return _from_config("optimizer", SGD if name == "sgd" else Adam, spec)
     check_choice("optimizer", spec, OPTIMIZERS)
     kwargs = {} if lr is None else {"lr": lr}
     if spec == "momentum":
