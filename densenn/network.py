@@ -20,7 +20,16 @@ from densenn.errors import DensennError, check_choice, check_matrix, check_nonne
 from densenn.init import INITIALIZERS, default_init, init_weights
 from densenn.layer import DenseInference, DenseTraining
 
-LABEL_DTYPE = np.int32
+#: host dtype of class labels (NumPy's index type)
+LABEL_DTYPE = np.int64
+
+
+def index_dtype(engine) -> np.dtype:
+    """The integer dtype of labels and batch indices on ``engine`` (its ``index_dtype``, else int32).
+
+    The CPU engine uses NumPy's intp, so ``take``/``argmax`` need no converted copy.
+    """
+    return np.dtype(getattr(engine, "index_dtype", np.int32))
 
 
 @dataclass(frozen=True)
@@ -109,10 +118,10 @@ class TrainingNetwork:
         dt = net.dtype
         self.x = e.empty((batch, net.n_in), dt)
         self.y = e.empty((batch, net.n_out), dt)
-        self.labels = e.zeros((batch,), LABEL_DTYPE)
-        self.idx = e.zeros((batch,), LABEL_DTYPE)
+        self.labels = e.zeros((batch,), index_dtype(e))
+        self.idx = e.zeros((batch,), index_dtype(e))
         self.cost_work = e.empty((batch, net.n_out), dt)
-        self.metric_work = e.empty((batch,), LABEL_DTYPE)
+        self.metric_work = e.empty((batch,), index_dtype(e))
         self.acc = e.zeros((2,), dt)
         self.layers: list[DenseTraining] = []
         previous = None
@@ -360,8 +369,8 @@ class Network:
             t = e.to_engine(np.ascontiguousarray(targets[start:start + n], dtype=self.dtype))
             e.cost_value(cost, a, t, e.empty(a.shape, self.dtype), acc[0:1])
             if labels is not None:
-                lab = e.to_engine(labels[start:start + n])
-                e.count_correct(a, lab, e.empty((n,), LABEL_DTYPE), acc[1:2])
+                lab = e.to_engine(labels[start:start + n].astype(index_dtype(e)))
+                e.count_correct(a, lab, e.empty((n,), index_dtype(e)), acc[1:2])
         loss, correct = (float(v) for v in e.to_host(acc))
         n = x.shape[0]
         return {"loss": loss / n, "accuracy": None if labels is None else correct / n}

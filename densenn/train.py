@@ -16,7 +16,7 @@ import numpy as np
 
 from densenn.cost import get_cost
 from densenn.errors import DensennError, TrainingDiverged, check_matrix, check_positive_int, describe
-from densenn.network import LABEL_DTYPE, prepare_targets
+from densenn.network import index_dtype, prepare_targets
 from densenn.optimizer import Adam, get_optimizer
 
 
@@ -140,7 +140,7 @@ def fit(net, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=
     # the whole data set goes to the engine once; batches are gathered there
     xs = e.to_engine(np.ascontiguousarray(x, dtype=dt))
     ys = e.to_engine(np.ascontiguousarray(targets, dtype=dt))
-    ls = e.to_engine(labels) if labels is not None else None
+    ls = e.to_engine(labels.astype(index_dtype(e))) if labels is not None else None
     backup = [e.empty(p.shape, dt) for p in tn.params]
 
     steps = math.ceil(n / batch_size)
@@ -152,7 +152,7 @@ def fit(net, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=
             start = time.perf_counter()
             for p, saved in zip(tn.params, backup):
                 e.copy(p, saved)
-            order = (net._shuffle_rng.permutation(n) if shuffle else np.arange(n)).astype(LABEL_DTYPE)
+            order = (net._shuffle_rng.permutation(n) if shuffle else np.arange(n)).astype(index_dtype(e))
             tn.read_acc(reset=True)
             for step in range(steps):
                 idx = order[step * batch_size:(step + 1) * batch_size]

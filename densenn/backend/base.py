@@ -28,6 +28,8 @@ class Engine(Protocol):
     """Operations every engine implements. ``name`` is how users ask for it."""
 
     name: str
+    # Optional: ``index_dtype``, the integer dtype of labels and batch indices on
+    # this engine (int32 when absent; the CPU engine uses NumPy's intp).
 
     # -- memory ------------------------------------------------------------
     def supports(self, dtype) -> bool:

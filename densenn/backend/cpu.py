@@ -30,6 +30,8 @@ class CPUEngine:
     """
 
     name = "cpu"
+    #: labels and batch indices are NumPy's native index type: take/argmax then copy nothing
+    index_dtype = np.dtype(np.intp)
 
     def __init__(self, fused: bool | None = None):
         if fused is None:

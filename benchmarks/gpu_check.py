@@ -1,0 +1,832 @@
+#!/usr/bin/env python
+"""GPU check of densenn's CUDA engine: correctness first, then timings beside PyTorch.
+
+    python benchmarks/gpu_check.py            # on a machine with a CUDA GPU; no network needed
+    python benchmarks/gpu_check.py --quick    # smaller sizes (a first smoke test)
+
+1. the device (``densenn.backend.cuda.describe()``);
+2. tests: ``pytest tests/test_engine_contract.py -k cuda`` (if that file exists) and any
+   ``tests/*cuda*.py``;
+3. an engine self-check: every protocol operation against the CPU engine in float64 on
+   fresh random data (outputs poisoned with NaN first), the non-contiguous fallbacks,
+   and a CUDA-graph replay against the eager run;
+4. benchmarks, each checked against a float64 reference before it is timed
+   (‖out − ref‖/‖ref‖ < 1e-3 in float32, < 1e-2 in TF32):
+   (1) the seed's micro-benchmark, one full training step of x 10000×10000 through
+       10000→5000 tanh →1000 sigmoid →10 sigmoid (forward, ∇w, ∇b, signals), float32 and TF32;
+   (2) MLP 784-1024-1024-10 ReLU/softmax, batch 128, SGD step: wall time per step in a
+       Python loop, densenn eager, densenn CUDA-graph replay, PyTorch eager (and PyTorch
+       graph replay), with kernel launches per step;
+   (3) extra GPU memory of the seed step over parameters + input;
+   (4) one MNIST epoch (784-256-128-10, Adam 1e-3, batch 128) through densenn.Network.fit.
+
+The densenn side of (1)–(3) is built from engine calls directly. Timings: warm-up, then the
+median of repeats, timed with CUDA events (or a host clock after a synchronize). The table at
+the end compares with PyTorch and with the targets of PERFORMANCE.md; with ``$OUT`` set, it is
+also written to ``$OUT/gpu_check.json``. Exit status: 0 when every correctness check passed,
+1 when one failed, 2 when there is no CUDA device.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import glob
+import gzip
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TARGETS = {  # PERFORMANCE.md (H100): ratio targets vs PyTorch, or absolute
+    "seed_fp32": "≤ 1.03 × PyTorch",
+    "seed_tf32": "≤ 1.03 × PyTorch",
+    "mlp_step": "≤ 0.25 ms (stretch 0.10)",
+    "mnist_epoch": "≤ 0.15 s",
+    "memory": "≤ PyTorch",
+}
+
+FAILURES: list[str] = []
+RESULTS: dict = {"device": None, "tests": [], "checks": [], "rows": [], "notes": []}
+
+
+def log(msg=""):
+    print(msg, flush=True)
+
+
+def check(name: str, err: float, tol: float) -> bool:
+    ok = bool(np.isfinite(err)) and err < tol
+    RESULTS["checks"].append({"name": name, "rel_err": float(err), "tol": tol, "ok": ok})
+    if not ok:
+        FAILURES.append(f"{name}: rel. error {err:.3g} (tolerance {tol:g})")
+    log(f"  {'ok  ' if ok else 'FAIL'} {name}: rel. err {err:.2e} (< {tol:g})")
+    return ok
+
+
+def rel_err(out, ref) -> float:
+    out = np.asarray(out, dtype=np.float64).ravel()
+    ref = np.asarray(ref, dtype=np.float64).ravel()
+    if out.shape != ref.shape:
+        return float("inf")
+    if not np.isfinite(out).all():
+        return float("nan")
+    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-300))
+
+
+def row(name, densenn, peer=None, unit="ms", target=None, meets=None, note=""):
+    ratio = densenn / peer if (densenn is not None and peer) else None
+    RESULTS["rows"].append({"name": name, "densenn": densenn, "pytorch": peer, "unit": unit,
+                            "ratio": ratio, "target": target, "meets_target": meets, "note": note})
+
+
+# =========================================================================================
+# tests
+# =========================================================================================
+def run_tests():
+    log("== tests")
+    runs = []
+    contract = ROOT / "tests" / "test_engine_contract.py"
+    if contract.exists():
+        runs.append(([str(contract), "-q", "-k", "cuda"], "test_engine_contract.py -k cuda"))
+    else:
+        log("  tests/test_engine_contract.py does not exist (yet): skipped")
+    cuda_files = sorted(p for p in glob.glob(str(ROOT / "tests" / "*cuda*.py")))
+    if cuda_files:
+        runs.append((cuda_files + ["-q"], " ".join(Path(p).name for p in cuda_files)))
+    for argv, label in runs:
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run([sys.executable, "-m", "pytest", *argv, "-p", "no:cacheprovider"], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=150)
+            rc, out = proc.returncode, proc.stdout + proc.stderr
+        except subprocess.TimeoutExpired as exc:
+            rc, out = -1, f"timed out after 150 s\n{exc.stdout or ''}"
+        tail = "\n".join(out.strip().splitlines()[-15:])
+        ok = rc in (0, 5)   # 5: no tests collected
+        RESULTS["tests"].append({"run": label, "returncode": rc, "ok": ok, "seconds": time.perf_counter() - t0,
+                                 "tail": tail})
+        log(f"  {'ok  ' if ok else 'FAIL'} pytest {label}: rc={rc} ({time.perf_counter() - t0:.1f} s)")
+        log("    " + tail.replace("\n", "\n    "))
+        if not ok:
+            FAILURES.append(f"pytest {label} returned {rc}")
+
+
+# =========================================================================================
+# engine self-check against the CPU engine in float64
+# =========================================================================================
+def self_check(e, cupy):
+    from densenn.activation import ACTIVATIONS, ELU, LeakyReLU
+    from densenn.backend.cpu import CPUEngine
+    from densenn.cost import COSTS
+
+    log("== engine self-check (vs the CPU engine in float64, outputs poisoned with NaN)")
+    cpu = CPUEngine(fused=False)
+    rng = np.random.default_rng(1234)
+    worst = {}
+
+    def note(name, out, ref, dt):
+        err = rel_err(out, ref)
+        tol = 1e-4 if dt == np.float32 else 1e-10
+        key = f"{name} [{np.dtype(dt).name}]"
+        if not (np.isfinite(err) and err < tol):
+            FAILURES.append(f"self-check {key}: rel. error {err:.3g} (tolerance {tol:g})")
+            log(f"  FAIL {key}: rel. err {err:.3g}")
+        worst[key] = max(worst.get(key, 0.0), err if np.isfinite(err) else float("inf"))
+
+    def dev(h, dt=None):
+        return e.to_engine(np.ascontiguousarray(h, dtype=dt))
+
+    def poisoned(shape, dt):
+        return e.fill(e.empty(shape, dt), np.nan)
+
+    for dt in (np.float32, np.float64):
+        f64 = np.float64
+        # gemm: all transposes, row views, beta != 0
+        for (m, n, k) in [(37, 53, 29), (1, 7, 300), (128, 1024, 784), (5, 1, 1)]:
+            for ta in (False, True):
+                for tb in (False, True):
+                    ah = rng.standard_normal((k, m) if ta else (m, k)).astype(dt)
+                    bh = rng.standard_normal((n, k) if tb else (k, n)).astype(dt)
+                    ch = rng.standard_normal((m, n)).astype(dt)
+                    cbig = dev(np.vstack([ch, np.zeros((3, n), dt)]))
+                    e.gemm(0.75, dev(ah), dev(bh), 0.5, cbig[:m], trans_a=ta, trans_b=tb)
+                    ref = 0.75 * (ah.T if ta else ah).astype(f64) @ (bh.T if tb else bh).astype(f64) + 0.5 * ch
+                    got = e.to_host(cbig)
+                    note("gemm", got[:m], ref, dt)
+                    if np.any(got[m:] != 0):
+                        FAILURES.append("gemm wrote past its [:m] view")
+        # elementwise activations, softmax, views
+        acts = [cls() for cls in ACTIVATIONS.values()] + [LeakyReLU(0.2), ELU(0.5)]
+        for act in acts:
+            for (r, c) in [(128, 10), (300, 37), (7, 1), (64, 1000)]:
+                z = (rng.standard_normal((r, c)) * 2).astype(dt)
+                b = rng.standard_normal(c).astype(dt)
+                g = rng.standard_normal((r, c)).astype(dt)
+                work = np.empty((r, 1) if act.work_kind == "row" else (r, c), f64)
+                Z, A = dev(z), poisoned((r, c), dt)
+                e.bias_activ(act, Z, dev(b), A)
+                zc, ac = z.astype(f64), np.zeros((r, c))
+                cpu.bias_activ(act, zc, b.astype(f64), ac, work)
+                note(f"bias_activ {act.name}", e.to_host(A), ac, dt)
+                note(f"bias_activ {act.name} z", e.to_host(Z), zc, dt)
+                A = poisoned((r, c), dt)
+                e.activ(act, dev(z), A)
+                ac = np.zeros((r, c)); cpu.activ(act, z.astype(f64), ac, work)
+                note(f"activ {act.name}", e.to_host(A), ac, dt)
+                Z = dev(z); e.prime(act, Z)
+                zc = z.astype(f64); cpu.prime(act, zc, work)
+                note(f"prime {act.name}", e.to_host(Z), zc, dt)
+                Z = dev(z); e.delta(act, Z, dev(g))
+                zc = z.astype(f64); cpu.delta(act, zc, g.astype(f64), work)
+                note(f"delta {act.name}", e.to_host(Z), zc, dt)
+        # sum_rows (one pass and two), add_bias, axpy, scal, diff, copy
+        for (r, c) in [(128, 1024), (10000, 1000), (3000, 10), (513, 1)]:
+            x = rng.standard_normal((r, c)).astype(dt)
+            out = poisoned((c,), dt)
+            e.sum_rows(dev(x), out)
+            note("sum_rows", e.to_host(out), x.astype(f64).sum(axis=0), dt)
+        x = rng.standard_normal((50, 33)).astype(dt); y = rng.standard_normal((50, 33)).astype(dt)
+        b = rng.standard_normal(33).astype(dt)
+        Z = dev(x); e.add_bias(Z, dev(b)); note("add_bias", e.to_host(Z), x.astype(f64) + b, dt)
+        Y = dev(y); e.axpy(-0.3, dev(x), Y); note("axpy", e.to_host(Y), y.astype(f64) - 0.3 * x, dt)
+        X = dev(x); e.scal(1.7, X); note("scal", e.to_host(X), 1.7 * x.astype(f64), dt)
+        O = poisoned((50, 33), dt); e.diff(dev(x), dev(y), O, 0.125)
+        note("diff", e.to_host(O), 0.125 * (x.astype(f64) - y), dt)
+        O = poisoned((50, 33), dt); e.copy(dev(x), O); note("copy", e.to_host(O), x, dt)
+        # non-contiguous arrays: the ElementwiseKernel fallback
+        big = dev(np.hstack([x, y]))
+        e.add_bias(big[:, :33], dev(b))
+        note("add_bias non-contiguous", e.to_host(big), np.hstack([x.astype(f64) + b, y]), dt)
+        big = dev(np.hstack([x, y]))
+        e.axpy(2.0, dev(y), big[:, 33:])
+        note("axpy non-contiguous", e.to_host(big), np.hstack([x, 3.0 * y.astype(f64)]), dt)
+        # take_rows (floats and int32 labels; clipped indices; one upload for both)
+        src = rng.standard_normal((1000, 784)).astype(dt)
+        lab = rng.integers(0, 10, 1000).astype(np.int32)
+        S, L = dev(src), dev(lab)
+        idx = rng.permutation(1000)[:128]
+        idx[3], idx[5] = -4, 5000
+        O, OL = poisoned((128, 784), dt), e.zeros((128,), np.int32)
+        up = e.uploads
+        e.take_rows(S, idx, O)
+        e.take_rows(L, idx, OL)
+        note("take_rows", e.to_host(O), np.take(src, idx, axis=0, mode="clip"), dt)
+        if not (e.to_host(OL) == np.take(lab, idx, mode="clip")).all():
+            FAILURES.append("take_rows of int32 labels differs from numpy.take(mode='clip')")
+        if e.uploads - up != 1:
+            FAILURES.append(f"take_rows uploaded the same indices {e.uploads - up} times (expected once)")
+        # indices already on the device (what the training loop does: one upload, three gathers)
+        I32 = e.zeros((128,), np.int32)
+        e.upload(idx.astype(np.int32), I32)
+        O = poisoned((128, 784), dt)
+        e.take_rows(S, I32, O)
+        note("take_rows device int32 indices", e.to_host(O), np.take(src, idx, axis=0, mode="clip"), dt)
+        e.take_rows(S, I32[:50], O[:50])
+        note("take_rows device indices [:50]", e.to_host(O[:50]), np.take(src, idx[:50], axis=0, mode="clip"), dt)
+        # costs: value (one block and several) and gradient (separate out and in place)
+        for name in ("quadratic", "crossentropy", "binary_crossentropy", "mae"):
+            cost = COSTS[name]()
+            for (r, c) in [(128, 10), (20000, 10)]:
+                a = rng.uniform(0.02, 0.98, (r, c)).astype(dt)
+                if name == "crossentropy":
+                    a /= a.sum(axis=1, keepdims=True)
+                    y = np.eye(c, dtype=dt)[rng.integers(0, c, r)]
+                elif name == "binary_crossentropy":
+                    y = rng.integers(0, 2, (r, c)).astype(dt)
+                else:
+                    y = rng.standard_normal((r, c)).astype(dt)
+                acc = dev(np.array([0.25, 0.0], dt))
+                e.cost_value(cost, dev(a), dev(y), e.empty((r, c), dt), acc[0:1])
+                ref = 0.25 + cpu.cost_value(cost, a.astype(f64), y.astype(f64), np.zeros((r, c)), np.zeros(1))[0]
+                note(f"cost_value {name} {r}x{c}", e.to_host(acc)[0], ref, dt)
+                O = poisoned((r, c), dt)
+                e.cost_gradient(cost, dev(a), dev(y), O, 1.0 / r, None)
+                wo = np.zeros((r, c)); cpu.cost_gradient(cost, a.astype(f64), y.astype(f64), wo, 1.0 / r,
+                                                         np.zeros((r, c)))
+                note(f"cost_gradient {name}", e.to_host(O), wo, dt)
+                A = dev(a); e.cost_gradient(cost, A, dev(y), A, 1.0 / r, None)
+                note(f"cost_gradient in place {name}", e.to_host(A), wo, dt)
+        # count_correct (argmax with ties; one output; several blocks)
+        for (r, c) in [(128, 10), (60000, 10), (300, 1)]:
+            a = rng.standard_normal((r, c)).astype(dt) if c > 1 else rng.uniform(0, 1, (r, 1)).astype(dt)
+            a[:5] = a[0, 0]
+            lab = rng.integers(0, max(c, 2), r).astype(np.int32)
+            acc = dev(np.array([0.0, 3.0], dt))
+            e.count_correct(dev(a), dev(lab), e.empty((r,), np.int32), acc[1:2])
+            ref = np.zeros(1); cpu.count_correct(a, lab, np.zeros(r, np.int32), ref)
+            note(f"count_correct {r}x{c}", e.to_host(acc)[1], 3.0 + ref[0], dt)
+        # optimizers
+        w, g = rng.standard_normal((64, 33)).astype(dt), rng.standard_normal((64, 33)).astype(dt)
+        v, m_ = 0.1 * rng.standard_normal((64, 33)).astype(dt), 0.1 * rng.standard_normal((64, 33)).astype(dt)
+        vv = np.abs(v)
+        for mom, nest, wd in [(0.0, False, 0.0), (0.0, False, 1e-2), (0.9, False, 1e-3), (0.9, True, 0.0)]:
+            W, V = dev(w), (dev(v) if mom else None)
+            e.sgd_update(W, dev(g), V, 0.05, mom, nest, wd)
+            wc, vc = w.astype(f64), (v.astype(f64) if mom else None)
+            cpu.sgd_update(wc, g.astype(f64), vc, 0.05, mom, nest, wd)
+            note(f"sgd momentum={mom} nesterov={nest} wd={wd}", e.to_host(W), wc, dt)
+        for wd, decay in [(0.0, 0.0), (1e-2, 0.0), (0.0, 1e-3)]:
+            W, M, V = dev(w), dev(m_), dev(vv)
+            e.adam_update(W, dev(g), M, V, 1e-3, 1e-8, 0.9, 0.999, wd, decay, None)
+            wc, mc, vc = w.astype(f64), m_.astype(f64), vv.astype(f64)
+            cpu.adam_update(wc, g.astype(f64), mc, vc, 1e-3, 1e-8, 0.9, 0.999, wd, decay, np.zeros((64, 33)))
+            note(f"adam wd={wd} decay={decay} w", e.to_host(W), wc, dt)
+            note(f"adam wd={wd} decay={decay} m,v", np.concatenate([e.to_host(M).ravel(), e.to_host(V).ravel()]),
+                 np.concatenate([mc.ravel(), vc.ravel()]), dt)
+    # numpy arrays are refused
+    try:
+        e.axpy(1.0, np.ones(3, np.float32), e.zeros((3,), np.float32))
+        FAILURES.append("the engine accepted a NumPy array")
+    except Exception as exc:
+        if type(exc).__name__ != "DensennError":
+            FAILURES.append(f"a NumPy operand raised {type(exc).__name__}, not DensennError")
+    bad = {k: v for k, v in worst.items() if not (v < (1e-4 if "float32" in k else 1e-10))}
+    log(f"  {len(worst)} operation/dtype groups checked, worst rel. err float32 "
+        f"{max(v for k, v in worst.items() if 'float32' in k):.2e}, float64 "
+        f"{max(v for k, v in worst.items() if 'float64' in k):.2e}; {len(bad)} over tolerance")
+    RESULTS["checks"].append({"name": "engine self-check", "groups": len(worst), "failed": sorted(bad),
+                              "ok": not bad})
+
+
+# =========================================================================================
+# a network built from engine calls only
+# =========================================================================================
+class EngineNet:
+    """Forward and backward of a dense network written with engine calls only (the seed's loop)."""
+
+    def __init__(self, e, sizes, acts, batch, dtype, cost, weights, params=None, x=None, y=None):
+        from densenn.activation import get_activation
+        from densenn.cost import get_cost
+
+        self.e = e
+        self.acts = [get_activation(a) for a in acts]
+        self.cost = get_cost(cost)
+        self.fused = self.cost.pairs_with == self.acts[-1].name
+        self.n = batch
+        if params is None:
+            params = ([e.to_engine(w, dtype) for w, _ in weights], [e.to_engine(b, dtype) for _, b in weights])
+        self.ws, self.bs = params
+        self.x = e.empty((batch, sizes[0]), dtype) if x is None else x
+        self.y = e.empty((batch, sizes[-1]), dtype) if y is None else y
+        self.zs = [e.empty((batch, s), dtype) for s in sizes[1:]]
+        self.as_ = [e.empty((batch, s), dtype) for s in sizes[1:]]
+        self.dws = [e.zeros(w.shape, dtype) for w in self.ws]
+        self.dbs = [e.zeros(b.shape, dtype) for b in self.bs]
+        self.works = [e.empty((batch, 1), dtype) if a.work_kind == "row" else
+                      (e.empty((batch, s), dtype) if a.work_kind == "full" else None)
+                      for a, s in zip(self.acts, sizes[1:])]
+        self.cost_work = e.empty((batch, sizes[-1]), dtype)
+        self.acc = e.zeros((2,), dtype)
+
+    def params(self):
+        return [p for pair in zip(self.ws, self.bs) for p in pair]
+
+    def grads(self):
+        return [g for pair in zip(self.dws, self.dbs) for g in pair]
+
+    def forward_backward(self):
+        e, L = self.e, len(self.ws)
+        inputs = [self.x] + self.as_[:-1]
+        for i in range(L):
+            e.gemm(1.0, inputs[i], self.ws[i], 0.0, self.zs[i], trans_b=True)
+            e.bias_activ(self.acts[i], self.zs[i], self.bs[i], self.as_[i], self.works[i])
+        e.cost_value(self.cost, self.as_[-1], self.y, self.cost_work, self.acc[0:1])
+        if self.fused:
+            e.diff(self.as_[-1], self.y, self.zs[-1], 1.0 / self.n)
+        else:
+            e.cost_gradient(self.cost, self.as_[-1], self.y, self.as_[-1], 1.0 / self.n, self.cost_work)
+        for i in range(L - 1, -1, -1):
+            if not (self.fused and i == L - 1):
+                e.delta(self.acts[i], self.zs[i], self.as_[i], self.works[i])
+            e.gemm(1.0, self.zs[i], inputs[i], 0.0, self.dws[i], trans_a=True)
+            e.sum_rows(self.zs[i], self.dbs[i])
+            if i > 0:
+                e.gemm(1.0, self.zs[i], self.ws[i], 0.0, inputs[i])   # the signal for the layer below
+
+    def sgd(self, lr):
+        for p, g in zip(self.params(), self.grads()):
+            self.e.sgd_update(p, g, None, lr, 0.0, False, 0.0)
+
+    def step(self, lr=0.01):
+        self.forward_backward()
+        self.sgd(lr)
+
+
+def init_weights(sizes, rng, dtype=np.float32):
+    return [((rng.standard_normal((o, i)) / math.sqrt(i)).astype(dtype), (0.1 * rng.standard_normal(o)).astype(dtype))
+            for i, o in zip(sizes[:-1], sizes[1:])]
+
+
+def torch_tf32(torch, on: bool):
+    """PyTorch's float32 matmuls on TF32 tensor cores (on) or in full float32 (off)."""
+    torch.set_float32_matmul_precision("high" if on else "highest")
+
+
+def torch_grads(torch, x, y, weights, acts, cost, dtype, tf32=False, device="cuda"):
+    """Gradients (dw, db per layer) of the mean cost, from PyTorch autograd in ``dtype``."""
+    import torch.nn.functional as F
+
+    torch_tf32(torch, tf32)
+    ws = [torch.as_tensor(w, device=device, dtype=dtype).requires_grad_() for w, _ in weights]
+    bs = [torch.as_tensor(b, device=device, dtype=dtype).requires_grad_() for _, b in weights]
+    h = torch.as_tensor(x, device=device, dtype=dtype) if isinstance(x, np.ndarray) else x.to(dtype)
+    t = torch.as_tensor(y, device=device, dtype=dtype) if isinstance(y, np.ndarray) else y.to(dtype)
+    fns = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}
+    for i, (w, b) in enumerate(zip(ws, bs)):
+        z = F.linear(h, w, b)
+        h = z if (acts[i] == "softmax") else fns[acts[i]](z)
+    n = h.shape[0]
+    if cost == "quadratic":
+        loss = 0.5 * ((h - t) ** 2).sum() / n
+    else:   # softmax + cross-entropy, from the logits
+        loss = -(t * torch.log_softmax(h, dim=1)).sum() / n
+    loss.backward()
+    torch_tf32(torch, False)
+    return [g.grad.double().cpu().numpy() for pair in zip(ws, bs) for g in pair], float(loss.detach()) * n
+
+
+def cupy_time(cupy, fn, warmup=2, reps=10):
+    """Median milliseconds of fn() on the device, with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    cupy.cuda.Device().synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, end))
+    return statistics.median(times)
+
+
+def torch_time(torch, fn, warmup=2, reps=10):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def loop_time(sync, fn, steps, repeats=5, warmup=20):
+    """Median wall milliseconds per call of fn() over `steps` calls in a Python loop."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    per = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        sync()
+        per.append((time.perf_counter() - t0) * 1e3 / steps)
+    return statistics.median(per)
+
+
+# =========================================================================================
+# (1) the seed's micro-benchmark, and (3) its memory
+# =========================================================================================
+def seed_bench(e, cupy, torch, quick):
+    import torch.nn.functional as F
+
+    n, sizes = (2000, [2000, 1000, 200, 10]) if quick else (10000, [10000, 5000, 1000, 10])
+    acts = ["tanh", "sigmoid", "sigmoid"]
+    log(f"== (1) seed micro-benchmark: x {n}×{sizes[0]}, {'→'.join(map(str, sizes))} "
+        f"({'/'.join(acts)}), one full training step")
+    flops = 2 * n * sum(i * o for i, o in zip(sizes[:-1], sizes[1:])) * 2 \
+        + 2 * n * sum(i * o for i, o in zip(sizes[1:-1], sizes[2:]))
+    rng = np.random.default_rng(7)
+    weights = init_weights(sizes, rng)
+    e.release_all()
+    base0 = e.pool_used_bytes()
+    # parameters and input first, then the step's own buffers: the memory count is the difference
+    gen = cupy.random.default_rng(11)
+    x = gen.standard_normal((n, sizes[0]), dtype=np.float32)
+    y = gen.uniform(0.0, 1.0, (n, sizes[-1]), dtype=np.float32)
+    ws = [e.to_engine(w) for w, _ in weights]
+    bs = [e.to_engine(b) for _, b in weights]
+    e.synchronize()
+    param_bytes = e.pool_used_bytes() - base0
+    net = EngineNet(e, sizes, acts, n, np.float32, "quadratic", None, params=(ws, bs), x=x, y=y)
+    net.forward_backward()
+    e.synchronize()
+    dn_extra = e.pool_used_bytes() - base0 - param_bytes
+    # reference: PyTorch float64 on the same data
+    x64, y64 = torch.from_dlpack(x).double(), torch.from_dlpack(y).double()
+    ref, _ = torch_grads(torch, x64, y64, weights, acts, "quadratic", torch.float64)
+    del x64, y64
+    got = [e.to_host(g) for g in net.grads()]
+    err32 = max(rel_err(g, r) for g, r in zip(got, ref))
+    check("seed step float32 (∇w, ∇b of 3 layers) vs float64", err32, 1e-3)
+    e.set_tf32(True)
+    net.forward_backward()
+    err_tf = max(rel_err(e.to_host(g), r) for g, r in zip(net.grads(), ref))
+    check("seed step TF32 vs float64", err_tf, 1e-2)
+    e.set_tf32(False)
+
+    launches0 = e.launches
+    net.forward_backward()
+    launches = e.launches - launches0
+    dn32 = cupy_time(cupy, net.forward_backward, warmup=2, reps=10)
+    e.set_tf32(True)
+    dntf = cupy_time(cupy, net.forward_backward, warmup=2, reps=10)
+    e.set_tf32(False)
+
+    # PyTorch: same data and weights, float32, its own memory
+    torch.cuda.synchronize()
+    tx = torch.from_dlpack(x).clone()
+    ty = torch.from_dlpack(y).clone()
+    tw = [torch.as_tensor(w, device="cuda").requires_grad_() for w, _ in weights]
+    tb = [torch.as_tensor(b, device="cuda").requires_grad_() for _, b in weights]
+    fns = [torch.tanh, torch.sigmoid, torch.sigmoid]
+
+    def torch_step():
+        for p in tw + tb:
+            p.grad = None
+        h = tx
+        for w, b, f in zip(tw, tb, fns):
+            h = f(F.linear(h, w, b))
+        loss = 0.5 * ((h - ty) ** 2).sum() / n
+        loss.backward()
+
+    torch_tf32(torch, False)
+    torch_step()
+    terr = max(rel_err(p.grad.double().cpu().numpy(), r) for p, r in
+               zip([q for pair in zip(tw, tb) for q in pair], ref))
+    log(f"  (PyTorch float32 vs float64: rel. err {terr:.2e})")
+    pt32 = torch_time(torch, torch_step, warmup=2, reps=10)
+    torch_tf32(torch, True)
+    pttf = torch_time(torch, torch_step, warmup=2, reps=10)
+    torch_tf32(torch, False)
+    # PyTorch's extra memory: peak during a step over parameters + input (+ its cuBLAS workspace)
+    for p in tw + tb:
+        p.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t_base = torch.cuda.memory_allocated()
+    torch_step()
+    torch.cuda.synchronize()
+    pt_extra = torch.cuda.max_memory_allocated() - t_base
+    log(f"  densenn float32 {dn32:.2f} ms ({flops / dn32 / 1e9:.1f} TFLOP/s), TF32 {dntf:.2f} ms; "
+        f"PyTorch float32 {pt32:.2f} ms, TF32 {pttf:.2f} ms; densenn launches per step: {launches}")
+    log(f"  extra memory over parameters+input: densenn {dn_extra / 1e6:.0f} MB (CuPy pool; cuBLAS's own "
+        f"workspace not counted), PyTorch {pt_extra / 1e6:.0f} MB (peak allocated)")
+    tag = "quick sizes" if quick else ""
+    row("(1) seed step float32", dn32, pt32, "ms", TARGETS["seed_fp32"], dn32 <= 1.03 * pt32, tag)
+    row("(1) seed step TF32", dntf, pttf, "ms", TARGETS["seed_tf32"], dntf <= 1.03 * pttf, tag)
+    row("(3) seed step extra memory", dn_extra / 1e6, pt_extra / 1e6, "MB", TARGETS["memory"],
+        dn_extra <= pt_extra, tag)
+
+
+# =========================================================================================
+# (2) MLP step: eager, graph replay, PyTorch
+# =========================================================================================
+def mlp_bench(e, cupy, torch):
+    import torch.nn.functional as F
+
+    from densenn.backend.cuda import CUDAEngine
+
+    sizes, acts, batch, lr = [784, 1024, 1024, 10], ["relu", "relu", "softmax"], 128, 0.01
+    log("== (2) MLP 784-1024-1024-10 ReLU/softmax, batch 128, SGD step (wall time per step in a loop)")
+    rng = np.random.default_rng(3)
+    weights = init_weights(sizes, rng)
+    xh = rng.standard_normal((batch, 784)).astype(np.float32)
+    labels = rng.integers(0, 10, batch)
+    yh = np.eye(10, dtype=np.float32)[labels]
+    net = EngineNet(e, sizes, acts, batch, np.float32, "crossentropy", weights)
+    e.upload(xh, net.x)
+    e.upload(yh, net.y)
+    net.forward_backward()
+    ref, ref_loss = torch_grads(torch, xh, yh, weights, acts, "crossentropy", torch.float64)
+    err = max(rel_err(e.to_host(g), r) for g, r in zip(net.grads(), ref))
+    check("MLP gradients float32 vs float64", err, 1e-3)
+    check("MLP loss float32 vs float64", rel_err(e.to_host(net.acc)[0], ref_loss), 1e-3)
+
+    # graph replay == eager: the same 5 SGD steps both ways on an engine whose GEMMs always
+    # take the graph's cuBLAS handle (bitwise the same path), and on the default engine
+    g_e = CUDAEngine(graph_gemm=True)
+    results = {}
+    for mode in ("eager", "graph"):
+        gnet = EngineNet(g_e, sizes, acts, batch, np.float32, "crossentropy", weights)
+        g_e.upload(xh, gnet.x)
+        g_e.upload(yh, gnet.y)
+        if mode == "eager":
+            for _ in range(5):
+                gnet.step(lr)
+        else:
+            replay = g_e.capture(lambda: gnet.step(lr), warmup=1)   # the warm-up is step 1
+            for _ in range(4):
+                replay()
+        results[mode] = np.concatenate([g_e.to_host(p).ravel() for p in gnet.params()])
+    diff = rel_err(results["graph"], results["eager"])
+    bitwise = bool(np.array_equal(results["graph"], results["eager"]))
+    check("graph replay vs eager, 5 SGD steps (same cuBLAS handle)", diff, 1e-6)
+    log(f"  graph replay bitwise equal to eager: {bitwise}")
+    dnet = EngineNet(e, sizes, acts, batch, np.float32, "crossentropy", weights)
+    e.upload(xh, dnet.x)
+    e.upload(yh, dnet.y)
+    for _ in range(5):
+        dnet.step(lr)
+    default = np.concatenate([e.to_host(p).ravel() for p in dnet.params()])
+    check("default eager path vs graph-handle eager path, 5 SGD steps", rel_err(default, results["eager"]), 1e-5)
+    RESULTS["notes"].append(f"graph replay bitwise equal to eager (graph_gemm engine): {bitwise}")
+
+    # timings
+    steps = 200
+    sync = e.synchronize
+    l0 = e.launches
+    net.step(lr)
+    launches = e.launches - l0
+    eager = loop_time(sync, lambda: net.step(lr), steps)
+    replay = e.capture(lambda: net.step(lr), warmup=1)
+    graph = loop_time(sync, replay, steps)
+    log(f"  densenn eager {eager * 1e3:.0f} µs/step ({launches} launches per step), graph replay "
+        f"{graph * 1e3:.0f} µs/step (1 launch; {replay.captured_launches} recorded)")
+
+    model = torch.nn.Sequential(torch.nn.Linear(784, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 1024),
+                                torch.nn.ReLU(), torch.nn.Linear(1024, 10)).cuda()
+    with torch.no_grad():
+        for layer, (w, b) in zip([model[0], model[2], model[4]], weights):
+            layer.weight.copy_(torch.as_tensor(w))
+            layer.bias.copy_(torch.as_tensor(b))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    tx = torch.as_tensor(xh, device="cuda")
+    tl = torch.as_tensor(labels, device="cuda")
+
+    def torch_step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(tx), tl)
+        loss.backward()
+        opt.step()
+
+    pt = loop_time(torch.cuda.synchronize, torch_step, steps)
+    pt_graph = None
+    try:   # PyTorch whole-step CUDA graph, as in its documentation
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(3):
+                torch_step()
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(g):
+            static_loss = F.cross_entropy(model(tx), tl)
+            static_loss.backward()
+            opt.step()
+        pt_graph = loop_time(torch.cuda.synchronize, g.replay, steps)
+    except Exception as exc:
+        log(f"  (PyTorch graph capture failed: {type(exc).__name__}: {exc})")
+    log(f"  PyTorch eager {pt * 1e3:.0f} µs/step" + (f", graph replay {pt_graph * 1e3:.0f} µs/step" if pt_graph else ""))
+    row("(2) MLP step, densenn eager", eager, pt, "ms", TARGETS["mlp_step"], eager <= 0.25,
+        f"{launches} launches/step")
+    row("(2) MLP step, densenn graph replay", graph, pt, "ms", TARGETS["mlp_step"], graph <= 0.25,
+        f"1 launch/step ({replay.captured_launches} recorded)")
+    if pt_graph:
+        row("(2) MLP step, PyTorch graph replay (peer)", pt_graph, pt, "ms", None, None, "for reference")
+    RESULTS["mlp_launches_per_step"] = launches
+    replay.release()
+    g_e.close()
+
+
+# =========================================================================================
+# (4) MNIST epoch through densenn.Network
+# =========================================================================================
+def read_idx(path):
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_mnist_data():
+    """(x_train, y_train, x_test, y_test, source description).
+
+    MNIST from $DENSENN_MNIST or ../shared/data/mnist (the shared folder does not
+    travel to a device machine: copy it into an ignored folder and name it in
+    DENSENN_MNIST), else synthetic data of the same shape.
+    """
+    from densenn import datasets
+
+    for d in [os.environ.get("DENSENN_MNIST", ""), ROOT.parent / "shared/data/mnist", ROOT / "shared/data/mnist"]:
+        if d and Path(d).is_dir():
+            try:
+                m = datasets.load_mnist(d)
+            except Exception as exc:
+                log(f"MNIST in {d} unusable: {exc}")
+                continue
+            return m.x_train, m.y_train, m.x_test, m.y_test, f"MNIST (IDX files in {d})"
+    rng = np.random.default_rng(5)
+    proj = rng.standard_normal((784, 10)).astype(np.float32)
+    xtr = rng.uniform(0, 1, (60000, 784)).astype(np.float32)
+    xte = rng.uniform(0, 1, (10000, 784)).astype(np.float32)
+    return xtr, (xtr @ proj).argmax(1), xte, (xte @ proj).argmax(1), "synthetic data of MNIST's shape (no MNIST found)"
+
+
+def mnist_bench(e, cupy, torch):
+    import torch.nn.functional as F
+
+    try:
+        from densenn.network import Dense, Network
+        from densenn.optimizer import Adam
+    except Exception as exc:
+        log(f"== (4) MNIST epoch: skipped, densenn.network is not usable ({exc})")
+        RESULTS["notes"].append(f"MNIST epoch skipped: {exc}")
+        return
+    xtr, ytr, xte, yte, source = load_mnist_data()
+    log(f"== (4) MNIST epoch, 784-256-128-10 ReLU/softmax, Adam 1e-3, batch 128 — data: {source}")
+    net = Network(784, [Dense(256, "relu"), Dense(128, "relu"), Dense(10, "softmax")], engine=e, seed=0)
+    hist = net.fit(xtr, ytr, epochs=3, batch_size=128, optimizer=Adam(1e-3), progress=False)
+    secs = list(hist["seconds"])
+    acc = float((net.predict(xte).argmax(1) == yte).mean())
+    dn = statistics.median(secs[1:])
+    log(f"  densenn epochs: {', '.join(f'{s:.3f}' for s in secs)} s (first includes compiling); "
+        f"test accuracy after 3 epochs {acc:.4f}")
+    if "synthetic" not in source and acc < 0.95:
+        FAILURES.append(f"MNIST test accuracy after 3 epochs is {acc:.4f} (< 0.95)")
+
+    model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128),
+                                torch.nn.ReLU(), torch.nn.Linear(128, 10)).cuda()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    X = torch.as_tensor(xtr, device="cuda")
+    Y = torch.as_tensor(np.asarray(ytr, np.int64), device="cuda")
+
+    def epoch():
+        perm = torch.randperm(X.shape[0], device="cuda")
+        for i in range(0, X.shape[0], 128):
+            idx = perm[i:i + 128]
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(X[idx]), Y[idx]).backward()
+            opt.step()
+        torch.cuda.synchronize()
+
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        epoch()
+        times.append(time.perf_counter() - t0)
+    pt = statistics.median(times[1:])
+    log(f"  PyTorch eager epochs: {', '.join(f'{s:.3f}' for s in times)} s")
+    row("(4) MNIST epoch", dn, pt, "s", TARGETS["mnist_epoch"], dn <= 0.15,
+        f"{source}; acc {acc:.4f} after 3 epochs")
+
+
+# =========================================================================================
+def print_table():
+    log("")
+    log("== summary (densenn vs PyTorch in this run; ratio = densenn / PyTorch)")
+    head = f"{'benchmark':40s} {'densenn':>10s} {'PyTorch':>10s} {'unit':>4s} {'ratio':>7s}  {'target':26s} {'met':>4s}"
+    log(head)
+    log("-" * len(head))
+    for r in RESULTS["rows"]:
+        d = f"{r['densenn']:.3f}" if r["densenn"] is not None else "-"
+        p = f"{r['pytorch']:.3f}" if r["pytorch"] is not None else "-"
+        ratio = f"{r['ratio']:.2f}×" if r["ratio"] is not None else "-"
+        met = {True: "yes", False: "NO", None: ""}[r["meets_target"]]
+        log(f"{r['name']:40s} {d:>10s} {p:>10s} {r['unit']:>4s} {ratio:>7s}  {r['target'] or '':26s} {met:>4s}"
+            + (f"  {r['note']}" if r["note"] else ""))
+    log("")
+    log(f"correctness: {'all checks passed' if not FAILURES else f'{len(FAILURES)} FAILED'}")
+    for f in FAILURES:
+        log(f"  FAIL {f}")
+
+
+def write_json():
+    out = os.environ.get("OUT")
+    if not out:
+        return
+    RESULTS["failures"] = FAILURES
+    path = Path(out) / "gpu_check.json"
+    path.write_text(json.dumps(RESULTS, indent=1, default=str))
+    log(f"wrote {path}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller seed benchmark (a smoke test)")
+    ap.add_argument("--skip-tests", action="store_true", help="do not run pytest")
+    ap.add_argument("--skip-bench", action="store_true", help="correctness only")
+    args = ap.parse_args(argv)
+    t_start = time.perf_counter()
+
+    from densenn.backend import cuda as dcuda
+
+    info = dcuda.describe()
+    RESULTS["device"] = info
+    if not info["available"]:
+        reason = info["reason"] or "unknown reason"
+        log(reason if reason.startswith("no CUDA device") else f"no CUDA device: {reason}")
+        log("gpu_check needs a machine with an NVIDIA GPU and CuPy (pip install 'densenn[cuda]').")
+        write_json()
+        return 2
+    dev = info["devices"][0]
+    log(f"device: {dev.get('name')} (compute capability {dev.get('compute_capability')}, "
+        f"{dev.get('memory_bytes', 0) / 2**30:.1f} GiB, {dev.get('multiprocessors')} SMs); CuPy {info['cupy']}, "
+        f"CUDA runtime {info['cuda_runtime']}, driver {info['cuda_driver']}, NVRTC {info['nvrtc']}")
+    import cupy
+
+    from densenn.backend.cuda import CUDAEngine
+
+    if not args.skip_tests:
+        run_tests()
+    e = CUDAEngine(tf32=False)
+    for name, fn in [("self-check", lambda: self_check(e, cupy))]:
+        try:
+            t0 = time.perf_counter()
+            fn()
+            log(f"  ({name}: {time.perf_counter() - t0:.1f} s)")
+        except Exception:
+            FAILURES.append(f"{name} raised:\n{traceback.format_exc()}")
+            log(traceback.format_exc())
+    if not args.skip_bench:
+        try:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise RuntimeError("torch.cuda.is_available() is False")
+            log(f"PyTorch {torch.__version__}")
+        except Exception as exc:
+            torch = None
+            log(f"PyTorch is not usable ({exc}): benchmarks skipped")
+            RESULTS["notes"].append(f"benchmarks skipped: PyTorch not usable ({exc})")
+        if torch is not None:
+            for name, fn in [("seed benchmark", lambda: seed_bench(e, cupy, torch, args.quick)),
+                             ("MLP benchmark", lambda: mlp_bench(e, cupy, torch)),
+                             ("MNIST benchmark", lambda: mnist_bench(e, cupy, torch))]:
+                try:
+                    t0 = time.perf_counter()
+                    fn()
+                    log(f"  ({name}: {time.perf_counter() - t0:.1f} s)")
+                except Exception:
+                    FAILURES.append(f"{name} raised:\n{traceback.format_exc()}")
+                    log(traceback.format_exc())
+                gc.collect()               # the benchmark's arrays go back to the pools
+                torch.cuda.empty_cache()
+                e.release_all()
+    RESULTS["seconds"] = time.perf_counter() - t_start
+    print_table()
+    log(f"total {RESULTS['seconds']:.0f} s")
+    write_json()
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
