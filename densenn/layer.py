@@ -57,7 +57,7 @@ class DenseInference:
         return a
 
     def nbytes(self) -> int:
-        return self.engine.nbytes(self.w) + self.engine.nbytes(self.b)
+        return sum(self.engine.nbytes(buf) for buf in (self.w, self.b) if buf is not None)
 
     def release(self):
         for name in ("w", "b"):
@@ -148,8 +148,11 @@ class DenseTraining:
     # -- memory ------------------------------------------------------------------
     def nbytes(self) -> dict:
         e = self.engine
-        return {"activations": e.nbytes(self.z) + e.nbytes(self.a),
-                "gradients": e.nbytes(self.dw) + e.nbytes(self.db),
+
+        def size(*bufs):        # a released layer owns nothing
+            return sum(e.nbytes(buf) for buf in bufs if buf is not None)
+
+        return {"activations": size(self.z, self.a), "gradients": size(self.dw, self.db),
                 "work": self.activ_fn.nbytes()}
 
     def release(self):

@@ -290,6 +290,9 @@ def get_optimizer(spec, lr: float | None = None) -> Optimizer:
     """An optimizer from a name (``"sgd"``, ``"momentum"``, ``"nesterov"``, ``"adam"``,
     ``"adamw"``), a config dict, or an Optimizer (passed through)."""
     if isinstance(spec, Optimizer):
+        if lr is not None and lr != spec.lr:
+            raise DensennError(f"lr={lr!r} was given with an optimizer object that has lr={spec.lr!r}; "
+                               "set the rate on the optimizer (e.g. densenn.Adam(lr)) or pass a name")
         return spec
     if isinstance(spec, dict):
         spec = dict(spec)

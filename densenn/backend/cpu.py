@@ -175,8 +175,9 @@ class CPUEngine:
             np.greater(a[:, 0], 0.5, out=work)
         else:
             np.argmax(a, axis=1, out=work)
-        np.equal(work, labels, out=work)
-        acc[0] += np.count_nonzero(work)
+        # predicted - true is 0 exactly where they agree (np.equal would make a bool temporary)
+        np.subtract(work, labels, out=work)
+        acc[0] += work.size - np.count_nonzero(work)
         return acc
 
     # -- optimizers ------------------------------------------------------------
