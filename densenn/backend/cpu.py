@@ -206,8 +206,8 @@ class CPUEngine:
         if self.fused:
             t = w.dtype.type
             cpu_fused.optimizer_kernels()[0](w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
-                                             t(step), t(eps), t(beta1), t(beta2), t(weight_decay),
-                                             t(1.0 - decay))
+                                             t(step), t(eps), t(beta1), t(beta2), t(1.0 - beta1),
+                                             t(1.0 - beta2), t(weight_decay), t(1.0 - decay))
             return w
         if weight_decay:
             self.axpy(weight_decay, w, g)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 try:
     import numba
 except ImportError:  # the pure NumPy path needs nothing more
@@ -97,15 +99,16 @@ def activation_kernels(act):
     return _cache[key]
 
 
-def _adam(w, g, m, v, step, eps, beta1, beta2, weight_decay, keep):
-    # scalars arrive in the arrays' dtype, so float32 stays float32 arithmetic
+def _adam(w, g, m, v, step, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, weight_decay, keep):
+    # Every scalar arrives in the arrays' dtype, and np.sqrt keeps float32 as float32
+    # (math.sqrt and integer literals would promote to float64 and block SIMD).
     for i in range(w.shape[0]):
         gi = g[i] + weight_decay * w[i]
-        mi = beta1 * m[i] + (1 - beta1) * gi
-        vi = beta2 * v[i] + (1 - beta2) * gi * gi
+        mi = beta1 * m[i] + one_minus_beta1 * gi
+        vi = beta2 * v[i] + one_minus_beta2 * gi * gi
         m[i] = mi
         v[i] = vi
-        w[i] = keep * w[i] - step * mi / (math.sqrt(vi) + eps)
+        w[i] = keep * w[i] - step * mi / (np.sqrt(vi) + eps)
 
 
 def _sgd_momentum(w, g, v, lr, momentum, nesterov, weight_decay):
