@@ -638,6 +638,24 @@ def test_one_upload_per_batch(engine):
     np.testing.assert_array_equal(engine.to_host(out), engine.to_host(xs)[big])
 
 
+def test_fit_uploads_once_per_batch(engine):
+    """Through the whole fit loop: an extra epoch of 4 batches costs exactly 4 uploads."""
+    if not hasattr(engine, "uploads"):
+        pytest.skip(f"engine {engine.name!r} does not count uploads")
+    import densenn as dn
+
+    x = rng(4).normal(size=(100, 5)).astype(np.float32)
+    y = np.arange(100) % 3
+    counts = []
+    for epochs in (1, 2):
+        net = dn.Network(5, [dn.Dense(8, "tanh"), dn.Dense(3, "softmax")], engine=engine, seed=0)
+        before = engine.uploads
+        net.fit(x, y, epochs=epochs, batch_size=32, progress=False)
+        counts.append(engine.uploads - before)
+        net.release()
+    assert counts[1] - counts[0] == 4              # ceil(100 / 32) batches, one upload each
+
+
 # =========================================================================================
 # a whole network: the same training on every engine
 # =========================================================================================

@@ -271,8 +271,23 @@ def explain_or_fail(engine, runs, message, growth=True):
     pytest.fail(text)
 
 
-def check_steps(engine, optimizer="adam", partial=False, **kw):
-    """Measure small and large configurations; explain (and fail or xfail) when a step allocates."""
+def check_steps(engine, optimizer="adam", partial=False, attempts=2, **kw):
+    """Measure small and large configurations; explain (and fail or xfail) when a step allocates.
+
+    A problem must show in two fresh measurements: a real per-step allocation
+    always reproduces, while a one-off refill of an interpreter cache (seen once in
+    a full-suite run) does not.
+    """
+    for attempt in range(attempts):
+        results, runs, problems = _measure_steps(engine, optimizer, partial, **kw)
+        if not problems:
+            return results
+    grew = any(current >= 128 for _, current in results.values())
+    explain_or_fail(engine, runs, f"{engine} {optimizer} {kw} partial={partial}: " + "; ".join(problems),
+                    growth=grew)
+
+
+def _measure_steps(engine, optimizer, partial, **kw):
     results, runs = {}, {}
     for name, cfg in (("small", SMALL), ("large", LARGE)):
         _, tn, opt, data = make_training(engine, optimizer, **cfg, **kw)
@@ -289,11 +304,7 @@ def check_steps(engine, optimizer="adam", partial=False, **kw):
     # a temporary proportional to the batch, a layer's width or a bias would show here
     if results["large"][0] > results["small"][0] + 64:
         problems.append(f"peak grows with the sizes: {results['small'][0]} B -> {results['large'][0]} B")
-    if problems:
-        grew = any(current >= 128 for _, current in results.values())
-        explain_or_fail(engine, runs, f"{engine} {optimizer} {kw} partial={partial}: " + "; ".join(problems),
-                        growth=grew)
-    return results
+    return results, runs, problems
 
 
 @pytest.mark.parametrize("partial", [False, True], ids=["full-batch", "partial-batch"])
