@@ -182,14 +182,13 @@ class CPUEngine:
 
     # -- optimizers ------------------------------------------------------------
     def sgd_update(self, w, g, v, lr, momentum, nesterov, weight_decay):
-        if self.fused:
+        # Plain SGD is one BLAS axpy below, which OpenBLAS spreads over its threads:
+        # twice as fast as a one-thread fused loop for large layers.
+        if self.fused and v is not None:
             t = w.dtype.type
-            _, sgd_momentum, sgd = cpu_fused.optimizer_kernels()
-            if v is None:
-                sgd(w.reshape(-1), g.reshape(-1), t(lr), t(weight_decay))
-            else:
-                sgd_momentum(w.reshape(-1), g.reshape(-1), v.reshape(-1), t(lr), t(momentum),
-                             bool(nesterov), t(weight_decay))
+            sgd_momentum = cpu_fused.optimizer_kernels()[1]
+            sgd_momentum(w.reshape(-1), g.reshape(-1), v.reshape(-1), t(lr), t(momentum),
+                         bool(nesterov), t(weight_decay))
             return w
         if weight_decay:
             self.axpy(weight_decay, w, g)

@@ -122,13 +122,8 @@ def _sgd_momentum(w, g, v, lr, momentum, nesterov, weight_decay):
             w[i] += vi
 
 
-def _sgd(w, g, lr, weight_decay):
-    for i in range(w.shape[0]):
-        w[i] -= lr * (g[i] + weight_decay * w[i])
-
-
 def optimizer_kernels():
-    """(adam, sgd_momentum, sgd) over flat (1-D) parameter views."""
+    """(adam, sgd_momentum) over flat (1-D) parameter views; plain SGD is a BLAS axpy."""
     if "optim" not in _cache:
-        _cache["optim"] = (_njit(_adam), _njit(_sgd_momentum), _njit(_sgd))
+        _cache["optim"] = (_njit(_adam), _njit(_sgd_momentum))
     return _cache["optim"]
