@@ -133,9 +133,8 @@ def fit(net, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=
     tn = net.trainer(batch_size, cost)
     optimizer.bind(e, tn.params, dt)
     net.optimizer = optimizer
-    for schedule in (optimizer.schedule,):
-        if hasattr(schedule, "total_epochs") and schedule.total_epochs is None and schedule.name != "constant":
-            schedule.total_epochs = epochs
+    if optimizer.schedule.total_epochs is None:     # a decay with no horizon given spans this fit
+        optimizer.schedule.total_epochs = epochs
 
     # the whole data set goes to the engine once; batches are gathered there
     xs = e.to_engine(np.ascontiguousarray(x, dtype=dt))
