@@ -70,11 +70,27 @@ def timeit(fn, repeats: int = 7, warmup: int = 2, number: int | None = None, syn
     return interleaved({"f": fn}, repeats, warmup, number, sync)["f"]
 
 
+#: seconds to wait before timing the next library: idle BLAS threads stop spinning
+SETTLE_S = 0.3
+
+
+def settle():
+    """Let the previous library's idle BLAS threads go to sleep before the next one is timed.
+
+    OpenBLAS's workers (NumPy's, SciPy's, so scikit-learn's and densenn's without MKL)
+    spin for about 0.1 s after each call. On 2 cores that spinning thread takes a core
+    from whatever runs next: PyTorch timed straight after an OpenBLAS call ran 30-40%
+    slower here. Every library is timed after the same pause.
+    """
+    time.sleep(SETTLE_S)
+
+
 def interleaved(fns: dict, repeats: int = 7, warmup: int = 2, number: int | None = None, sync=None) -> dict:
     """Time several functions round-robin; returns {name: Timing} (seconds per call).
 
     Each round takes one sample of every function, so a burst of load on a shared
-    machine hits all of them. Garbage collection is off while timing (as in ``timeit``).
+    machine hits all of them; before each sample the machine settles (``settle``).
+    Garbage collection is off while timing (as in ``timeit``).
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -89,6 +105,7 @@ def interleaved(fns: dict, repeats: int = 7, warmup: int = 2, number: int | None
     try:
         for _ in range(repeats):
             for k, fn in fns.items():
+                settle()
                 start = time.perf_counter()
                 for _ in range(numbers[k]):
                     fn()
@@ -262,6 +279,8 @@ def limit_threads(n: int):
     Returns the threadpoolctl controller (keep a reference for the run's lifetime).
     """
     ctl = None
+    from densenn.backend import get_engine
+    get_engine("cpu")       # loads MKL when densenn uses it, so that its pool is limited too
     try:
         from threadpoolctl import threadpool_limits
         ctl = threadpool_limits(limits=n)

@@ -505,6 +505,7 @@ def section_mnist(args, res):
         row = [str(epoch + 1)]
         for name, (run_epoch, acc) in libs.items():
             gc.collect()
+            common.settle()
             t0 = time.perf_counter()
             run_epoch()
             dt = time.perf_counter() - t0

@@ -550,6 +550,8 @@ def _blas_info() -> dict:
         threadpool_info = None
     if threadpool_info is not None:
         __import__("scipy.linalg")   # load SciPy's BLAS so its pool is listed too
+        from densenn.backend import cpu_mkl
+        cpu_mkl.load()               # and MKL's, when installed
 
         pools = []
         for pool in threadpool_info():

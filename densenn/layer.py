@@ -110,22 +110,28 @@ class DenseTraining:
     # -- the two passes ------------------------------------------------------
     def forward(self):
         """z = x·wᵀ + b; a = f(z). Overwrites z and a."""
-        self.engine.gemm(1.0, self.x, self.w, 0.0, self.z, trans_b=True)
+        self.forward_linear()
         self.engine.bias_activ(self.activ_fn.spec, self.z, self.b, self.a, self.activ_fn.work)
         return self.a
 
-    def backward(self, propagate: bool = True, delta_ready: bool = False):
+    def forward_linear(self):
+        """z = x·wᵀ only: bias and activation are left to a fused output kernel. Overwrites z."""
+        return self.engine.gemm(1.0, self.x, self.w, 0.0, self.z, trans_b=True)
+
+    def backward(self, propagate: bool = True, delta_ready: bool = False, db_ready: bool = False):
         """Gradients from the signal in ``a`` (∂C/∂a, written there by the layer above or the cost).
 
         Overwrites ``z`` with delta = f'(z) ∘ a (skipped when ``delta_ready``:
-        the cost already wrote delta into z), ``dw`` = deltaᵀ·x, ``db`` = Σ delta,
+        the cost already wrote delta into z), ``dw`` = deltaᵀ·x, ``db`` = Σ delta
+        (skipped when ``db_ready``: the output kernel summed it on the way),
         and, when ``propagate``, ``x`` with delta·w: the signal for the layer below
         (the first layer's input is the user's batch and is not written).
         """
         if not delta_ready:
             self.activ_fn.delta(self.z, self.a)
         self.engine.gemm(1.0, self.z, self.x, 0.0, self.dw, trans_a=True)
-        self.engine.sum_rows(self.z, self.db)
+        if not db_ready:
+            self.engine.sum_rows(self.z, self.db)
         if propagate:
             self.engine.gemm(1.0, self.z, self.w, 0.0, self.x)
 

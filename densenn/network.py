@@ -132,6 +132,8 @@ class TrainingNetwork:
         last = net.layers[-1].activation.name
         # ∂C/∂z = a - y when the output activation is the cost's partner
         self.fused = self.cost.pairs_with == last
+        # softmax + cross-entropy against class labels: one kernel where the engine has it
+        self.head = self.fused and last == "softmax" and bool(getattr(e, "fuses_softmax_crossentropy", False))
         self.params = [p for layer in self.layers for p in (layer.w, layer.b)]
         self.grads = [g for layer in self.layers for g in (layer.dw, layer.db)]
         self.decays = [True, False] * len(self.layers)
@@ -153,14 +155,16 @@ class TrainingNetwork:
         """Gather the rows ``idx`` (host ints) of the engine arrays into the batch buffers. Returns n.
 
         The indices are uploaded once into ``self.idx`` and used for x, y and the
-        labels alike: one host→engine transfer per batch.
+        labels alike: one host→engine transfer per batch. The one-hot rows of y
+        are not gathered when the fused output kernel reads the labels instead.
         """
         n = len(idx)
         _, x, y, lab, _, _ = self.views(n)
         idx_e = self.idx[:n]
         self.engine.upload(idx, idx_e)
         self.engine.take_rows(xs, idx_e, x)
-        self.engine.take_rows(ys, idx_e, y)
+        if labels is None or not self.head:
+            self.engine.take_rows(ys, idx_e, y)
         if labels is not None:
             self.engine.take_rows(labels, idx_e, lab)
         return n
@@ -169,18 +173,24 @@ class TrainingNetwork:
         """Forward, cost (accumulated into acc), backward for the first n rows of the batch."""
         e = self.engine
         layers, _, y, labels, work, mwork = self.views(n)
-        for layer in layers:
-            layer.forward()
         last = layers[-1]
-        e.cost_value(self.cost, last.a, y, work, self.acc[0:1])
-        if with_labels:
-            e.count_correct(last.a, labels, mwork, self.acc[1:2])
-        scale = 1.0 / n
-        if self.fused:
-            e.diff(last.a, y, last.z, scale)
+        head = with_labels and self.head
+        if head:
+            for layer in layers[:-1]:
+                layer.forward()
+            last.forward_linear()
+            e.softmax_crossentropy(last.z, last.b, last.a, labels, 1.0 / n, last.db, self.acc)
         else:
-            e.cost_gradient(self.cost, last.a, y, last.a, scale, work)
-        last.backward(propagate=len(layers) > 1, delta_ready=self.fused)
+            for layer in layers:
+                layer.forward()
+            e.cost_value(self.cost, last.a, y, work, self.acc[0:1])
+            if with_labels:
+                e.count_correct(last.a, labels, mwork, self.acc[1:2])
+            if self.fused:
+                e.diff(last.a, y, last.z, 1.0 / n)
+            else:
+                e.cost_gradient(self.cost, last.a, y, last.a, 1.0 / n, work)
+        last.backward(propagate=len(layers) > 1, delta_ready=self.fused, db_ready=head)
         for i in range(len(layers) - 2, -1, -1):
             layers[i].backward(propagate=i > 0)
 

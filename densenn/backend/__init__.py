@@ -31,9 +31,10 @@ _default: str | None = None
 def _create(kind: str, arg: str):
     if kind == "cpu":
         if arg not in ("", "numpy", "numba"):
-            raise DensennError(f"engine 'cpu' takes 'cpu', 'cpu:numpy' (pure NumPy kernels) or "
+            raise DensennError(f"engine 'cpu' takes 'cpu', 'cpu:numpy' (pure NumPy kernels, SciPy's BLAS) or "
                                f"'cpu:numba' (fused kernels), got 'cpu:{arg}'")
-        return CPUEngine(fused=None if arg == "" else arg == "numba")
+        # "cpu:numpy" is the reference path: NumPy kernels and SciPy's BLAS, nothing optional
+        return CPUEngine(fused=None if arg == "" else arg == "numba", blas="openblas" if arg == "numpy" else None)
     module_name, factory = _KINDS[kind]
     try:
         module = importlib.import_module(module_name)

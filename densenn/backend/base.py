@@ -116,6 +116,12 @@ class Engine(Protocol):
     def count_correct(self, a, labels, work, acc) -> Array:
         """acc[0] += #rows whose predicted class (argmax, or a > 0.5 for one output) equals labels."""
 
+    # Optional: an engine whose ``fuses_softmax_crossentropy`` is true also offers
+    # ``softmax_crossentropy(z, b, a, labels, scale, db, acc)``: bias + softmax + the
+    # cross-entropy loss and hits against class labels (into acc[0], acc[1]) + delta
+    # ``z = scale·(a - onehot)`` + ``db = Σ_rows delta``, in one kernel. Engines without
+    # it get the same numbers from bias_activ, cost_value, count_correct, diff, sum_rows.
+
     # -- optimizers -----------------------------------------------------------
     def sgd_update(self, w, g, v, lr, momentum, nesterov, weight_decay) -> Array:
         """One SGD step on w (overwrites w, v and g): g += wd·w; v = μv - lr·g;

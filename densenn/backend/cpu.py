@@ -13,37 +13,44 @@ import os
 import numpy as np
 from scipy.linalg import blas
 
-from densenn.backend import cpu_fused
+from densenn.backend import cpu_fused, cpu_mkl
 from densenn.errors import DensennError
 
 _GEMM = {np.dtype(np.float32): blas.sgemm, np.dtype(np.float64): blas.dgemm}
 _AXPY = {np.dtype(np.float32): blas.saxpy, np.dtype(np.float64): blas.daxpy}
 _GER = {np.dtype(np.float32): blas.sger, np.dtype(np.float64): blas.dger}
+#: the smallest normal number per dtype: the fused optimizers flush moments below it
+_TINY = {dt: dt.type(np.finfo(dt).tiny) for dt in _GEMM}
 
 
 class CPUEngine:
-    """NumPy + SciPy BLAS. Arrays are C-contiguous ``numpy.ndarray``.
+    """NumPy + BLAS. Arrays are C-contiguous ``numpy.ndarray``.
 
     ``fused`` (default: when Numba is installed and ``$DENSENN_NUMBA`` is not
     ``0``) runs bias+activation, delta and the optimizer updates as one-pass
     Numba kernels (see ``cpu_fused``); ``fused=False`` is the pure NumPy path.
+    ``blas`` picks the GEMM: ``"auto"`` (default, or ``$DENSENN_BLAS``) uses
+    Intel MKL when it is installed (see ``cpu_mkl``), ``"openblas"`` SciPy's
+    BLAS, ``"mkl"`` insists on MKL.
     """
 
     name = "cpu"
     #: labels and batch indices are NumPy's native index type: take/argmax then copy nothing
     index_dtype = np.dtype(np.intp)
 
-    def __init__(self, fused: bool | None = None):
+    def __init__(self, fused: bool | None = None, blas: str | None = None):
         if fused is None:
             fused = cpu_fused.AVAILABLE and os.environ.get("DENSENN_NUMBA", "1") != "0"
         if fused and not cpu_fused.AVAILABLE:
             raise DensennError("the fused CPU kernels need Numba: pip install numba")
         self.fused = bool(fused)
+        self._mkl = cpu_mkl.choose(blas)
+        self.blas = "mkl" if self._mkl is not None else "openblas"
         self.uploads = 0  # host→engine copies, counted like the device engines do
         self._ones: dict = {}  # dtype -> a vector of ones, grown to the largest batch seen
 
     def __repr__(self):
-        return f"CPUEngine(fused={self.fused})"
+        return f"CPUEngine(fused={self.fused}, blas={self.blas!r})"
 
     def _fuses(self, act, *arrays) -> bool:
         return self.fused and act.name in cpu_fused.FUSED_ACTIVATIONS and \
@@ -86,6 +93,14 @@ class CPUEngine:
 
     # -- BLAS-like ---------------------------------------------------------
     def gemm(self, alpha, a, b, beta, c, trans_a=False, trans_b=False):
+        m, n = c.shape
+        (ma, ka), (kb, nb) = (a.shape[::-1] if trans_a else a.shape), (b.shape[::-1] if trans_b else b.shape)
+        if (ma, nb, ka) != (m, n, kb):
+            raise DensennError(f"gemm shapes do not match: op(a) {ma}×{ka}, op(b) {kb}×{nb}, c {m}×{n}")
+        mkl = self._mkl
+        if mkl is not None and a.dtype == b.dtype == c.dtype and mkl.rows_contiguous(a) \
+                and mkl.rows_contiguous(b) and mkl.rows_contiguous(c):
+            return mkl(alpha, a, b, beta, c, trans_a, trans_b)
         ct = c.T
         out = _GEMM[c.dtype](alpha, b.T, a.T, beta=beta, c=ct,
                              trans_a=int(trans_b), trans_b=int(trans_a), overwrite_c=1)
@@ -166,6 +181,24 @@ class CPUEngine:
         cost.np_gradient(a, y, out, scale, work)
         return out
 
+    @property
+    def fuses_softmax_crossentropy(self) -> bool:
+        """Whether ``softmax_crossentropy`` is one kernel here (else the network calls the steps one by one)."""
+        return self.fused
+
+    def softmax_crossentropy(self, z, b, a, labels, scale, db, acc):
+        """The softmax output layer with cross-entropy against class ``labels``, in one pass.
+
+        z += b; a = softmax(z); acc[0] += Σ -ln max(a[label], eps); acc[1] += #(argmax a == label);
+        z = scale·(a - onehot(labels)) (delta); db = Σ_rows delta. Overwrites z, a, db; adds into acc.
+        """
+        if not self.fused:
+            raise DensennError("softmax_crossentropy needs the fused kernels (Numba); "
+                               "check fuses_softmax_crossentropy first")
+        t = z.dtype.type
+        cpu_fused.head_kernel()(z, b, a, labels, t(scale), t(np.finfo(z.dtype).eps), db, acc)
+        return z
+
     def diff(self, a, y, out, scale):
         np.subtract(a, y, out=out)
         return np.multiply(out, scale, out=out)
@@ -188,7 +221,7 @@ class CPUEngine:
             t = w.dtype.type
             sgd_momentum = cpu_fused.optimizer_kernels()[1]
             sgd_momentum(w.reshape(-1), g.reshape(-1), v.reshape(-1), t(lr), t(momentum),
-                         bool(nesterov), t(weight_decay))
+                         bool(nesterov), t(weight_decay), _TINY[w.dtype])
             return w
         if weight_decay:
             self.axpy(weight_decay, w, g)
@@ -206,7 +239,8 @@ class CPUEngine:
             t = w.dtype.type
             cpu_fused.optimizer_kernels()[0](w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
                                              t(step), t(eps), t(beta1), t(beta2), t(1.0 - beta1),
-                                             t(1.0 - beta2), t(weight_decay), t(1.0 - decay))
+                                             t(1.0 - beta2), t(weight_decay), t(1.0 - decay),
+                                             _TINY[w.dtype])
             return w
         if weight_decay:
             self.axpy(weight_decay, w, g)

@@ -72,6 +72,49 @@ def _softmax_delta(z, a, p):
             z[i, j] *= a[i, j] - dot
 
 
+def _softmax_crossentropy(z, b, a, labels, scale, eps, db, acc):
+    # The output layer of a classifier in one pass per row: bias, softmax, the loss
+    # and the hit of its label, and delta = scale·(a - onehot) with its column sums.
+    n, m = z.shape
+    for j in range(m):
+        db[j] = 0.0
+    loss = 0.0
+    hits = 0
+    for i in range(n):
+        top = -math.inf
+        for j in range(m):
+            v = z[i, j] + b[j]
+            z[i, j] = v
+            top = max(top, v)
+        total = 0.0
+        for j in range(m):
+            e = math.exp(z[i, j] - top)
+            a[i, j] = e
+            total += e
+        inv = 1.0 / total
+        best = 0
+        for j in range(m):
+            a[i, j] *= inv
+            if a[i, j] > a[i, best]:    # the first of equal maxima, as numpy.argmax
+                best = j
+        label = labels[i]
+        loss -= math.log(max(a[i, label], eps))
+        hits += best == label
+        for j in range(m):
+            d = (a[i, j] - (1.0 if j == label else 0.0)) * scale
+            z[i, j] = d
+            db[j] += d
+    acc[0] += loss
+    acc[1] += hits
+
+
+def head_kernel():
+    """softmax + cross-entropy against class labels + delta + ∇b, in one pass (see CPUEngine)."""
+    if "head" not in _cache:
+        _cache["head"] = _njit(_softmax_crossentropy)
+    return _cache["head"]
+
+
 def activation_kernels(act):
     """(bias_activ, delta) kernels for an activation, compiled once per class."""
     key = type(act)
@@ -99,22 +142,32 @@ def activation_kernels(act):
     return _cache[key]
 
 
-def _adam(w, g, m, v, step, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, weight_decay, keep):
+def _adam(w, g, m, v, step, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, weight_decay, keep, tiny):
     # Every scalar arrives in the arrays' dtype, and np.sqrt keeps float32 as float32
     # (math.sqrt and integer literals would promote to float64 and block SIMD).
+    # Moments below the smallest normal number are flushed to zero: the first moment of a
+    # weight whose gradient stays zero (a dead ReLU, an always-black pixel) decays as 0.9^t
+    # into subnormal numbers within a few epochs, and x86 computes on those a hundred
+    # times slower; on MNIST they made every epoch slower than the one before.
     for i in range(w.shape[0]):
         gi = g[i] + weight_decay * w[i]
         mi = beta1 * m[i] + one_minus_beta1 * gi
         vi = beta2 * v[i] + one_minus_beta2 * gi * gi
+        if abs(mi) < tiny:
+            mi = 0.0
+        if vi < tiny:
+            vi = 0.0
         m[i] = mi
         v[i] = vi
         w[i] = keep * w[i] - step * mi / (np.sqrt(vi) + eps)
 
 
-def _sgd_momentum(w, g, v, lr, momentum, nesterov, weight_decay):
+def _sgd_momentum(w, g, v, lr, momentum, nesterov, weight_decay, tiny):
     for i in range(w.shape[0]):
         gi = g[i] + weight_decay * w[i]
         vi = momentum * v[i] - lr * gi
+        if abs(vi) < tiny:      # subnormal velocities: see _adam
+            vi = 0.0
         v[i] = vi
         if nesterov:
             w[i] += momentum * vi - lr * gi

@@ -1,0 +1,153 @@
+"""Intel MKL's GEMM for the CPU engine, when MKL is installed (``pip install "densenn[mkl]"``).
+
+On the thin products of a small network (batch 128 against a few hundred units)
+MKL's ``cblas_?gemm`` runs about 20% faster than the OpenBLAS that NumPy and SciPy
+ship, and the GEMMs are half of such a network's training step. MKL is called
+through ``ctypes`` on its single runtime library (``libmkl_rt``), row-major, so
+no transposition trick is needed: leading dimensions come from the row strides.
+
+With Numba installed the call goes through a compiled stub that reads the
+arrays' addresses and strides itself (about 5 µs a call, against 12 µs for
+ctypes from Python, which matters for the small layers' GEMMs).
+
+MKL's threads come from GNU OpenMP when ``libgomp`` is there: its idle threads
+sleep after a short spin, where Intel OpenMP's spin for 200 ms and would take a
+core from whatever runs next (NumPy, Numba kernels, another library).
+``$DENSENN_BLAS`` chooses: ``auto`` (MKL when found), ``mkl`` (required) or
+``openblas`` (SciPy's BLAS even when MKL is installed).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import os
+import sys
+
+import numpy as np
+
+from densenn.errors import DensennError
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+_THREADING_GNU, _THREADING_INTEL = 3, 0
+BLAS_CHOICES = ("auto", "mkl", "openblas")
+
+
+def _candidates() -> list[str]:
+    # pip's mkl wheel puts libmkl_rt into <prefix>/lib, which the loader does not search
+    found = []
+    for prefix in dict.fromkeys([sys.prefix, sys.base_prefix, os.environ.get("CONDA_PREFIX") or ""]):
+        if prefix:
+            found += sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")), reverse=True)
+    name = ctypes.util.find_library("mkl_rt")
+    return found + ([name] if name else [])
+
+
+def _has_libgomp() -> bool:
+    try:
+        ctypes.CDLL("libgomp.so.1")
+        return True
+    except OSError:
+        return False
+
+
+def _address(x) -> int:
+    # not x.ctypes.data: that object holds a reference cycle, garbage left by every call
+    return x.__array_interface__["data"][0]
+
+
+def _cblas(lib, name, scalar):
+    # a fresh function object per signature: pointers as size_t, which Numba can pass
+    fn = getattr(lib, name)
+    fn.restype = None
+    fn.argtypes = [ctypes.c_int] * 6 + [scalar, ctypes.c_size_t, ctypes.c_int, ctypes.c_size_t,
+                                        ctypes.c_int, scalar, ctypes.c_size_t, ctypes.c_int]
+    return fn
+
+
+def _numba_stub(sgemm, dgemm):
+    """A compiled caller: c = alpha·op(a)·op(b) + beta·c, leading dimensions from the strides."""
+    import numba
+
+    @numba.njit(nogil=True, cache=False)
+    def call(trans_a, trans_b, alpha, a, b, beta, c):
+        m, n = c.shape
+        k = a.shape[0] if trans_a else a.shape[1]
+        size = c.itemsize
+        args = (_ROW_MAJOR, _TRANS if trans_a else _NO_TRANS, _TRANS if trans_b else _NO_TRANS, m, n, k, alpha,
+                a.ctypes.data, max(1, a.strides[0] // size), b.ctypes.data, max(1, b.strides[0] // size), beta,
+                c.ctypes.data, max(1, c.strides[0] // size))
+        if size == 4:
+            sgemm(*args)
+        else:
+            dgemm(*args)
+
+    return call
+
+
+class MKLGemm:
+    """``c = alpha·op(a)·op(b) + beta·c`` by ``cblas_sgemm``/``cblas_dgemm``; overwrites ``c``."""
+
+    def __init__(self, lib: ctypes.CDLL, path: str):
+        self.path = path
+        # before MKL's first call: later calls to this are ignored
+        self.threading = "gnu" if _has_libgomp() else "intel"
+        lib.MKL_Set_Threading_Layer(_THREADING_GNU if self.threading == "gnu" else _THREADING_INTEL)
+        sgemm, dgemm = _cblas(lib, "cblas_sgemm", ctypes.c_float), _cblas(lib, "cblas_dgemm", ctypes.c_double)
+        self._fn = {np.dtype(np.float32): sgemm, np.dtype(np.float64): dgemm}
+        try:
+            self._stub = _numba_stub(sgemm, dgemm)
+        except ImportError:
+            self._stub = None
+        version = ctypes.create_string_buffer(256)
+        lib.mkl_get_version_string(version, 256)
+        self.version = version.value.decode(errors="replace").strip()
+
+    @staticmethod
+    def rows_contiguous(x) -> bool:
+        """Rows of x are contiguous (any row stride): what a row-major cblas call can take."""
+        return x.ndim == 2 and x.strides[1] == x.itemsize and x.strides[0] % x.itemsize == 0 \
+            and x.strides[0] >= x.shape[1] * x.itemsize
+
+    def __call__(self, alpha, a, b, beta, c, trans_a: bool, trans_b: bool):
+        if self._stub is not None:
+            self._stub(bool(trans_a), bool(trans_b), float(alpha), a, b, float(beta), c)
+            return c
+        m, n = c.shape
+        k = a.shape[0] if trans_a else a.shape[1]
+        self._fn[c.dtype](_ROW_MAJOR, _TRANS if trans_a else _NO_TRANS, _TRANS if trans_b else _NO_TRANS,
+                          m, n, k, alpha, _address(a), max(1, a.strides[0] // a.itemsize),
+                          _address(b), max(1, b.strides[0] // b.itemsize), beta,
+                          _address(c), max(1, c.strides[0] // c.itemsize))
+        return c
+
+
+_loaded: dict = {}
+
+
+def load() -> MKLGemm | None:
+    """MKL's GEMM when libmkl_rt loads here, else None (loaded once per process)."""
+    if "mkl" not in _loaded:
+        _loaded["mkl"] = None
+        for path in _candidates():
+            try:
+                _loaded["mkl"] = MKLGemm(ctypes.CDLL(path), path)
+                break
+            except (OSError, AttributeError):
+                continue
+    return _loaded["mkl"]
+
+
+def choose(blas: str | None) -> MKLGemm | None:
+    """The GEMM for ``blas`` (None: ``$DENSENN_BLAS`` or ``auto``): MKL's, or None for SciPy's."""
+    if blas is None:
+        blas = os.environ.get("DENSENN_BLAS", "auto") or "auto"
+    blas = str(blas).strip().lower()
+    if blas not in BLAS_CHOICES:
+        raise DensennError(f"blas (or $DENSENN_BLAS) must be one of {', '.join(BLAS_CHOICES)}, got {blas!r}")
+    if blas == "openblas":
+        return None
+    mkl = load()
+    if mkl is None and blas == "mkl":
+        raise DensennError("blas='mkl' was asked for but no libmkl_rt loads here: pip install 'densenn[mkl]'")
+    return mkl

@@ -1,0 +1,169 @@
+"""The CPU engine's fast paths against its reference path.
+
+``cpu`` runs Numba's fused kernels and, where it is installed, Intel MKL's GEMM;
+``cpu:numpy`` runs NumPy kernels and SciPy's OpenBLAS. The contract suite checks
+every operation on both; these tests check what only the fast path has: the fused
+softmax + cross-entropy output kernel, the flushing of subnormal optimizer moments,
+and the choice of BLAS.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import densenn as dn
+from densenn.backend import cpu_fused, cpu_mkl, get_engine
+from densenn.backend.cpu import CPUEngine
+from densenn.errors import DensennError
+from densenn.network import TrainingNetwork, prepare_targets
+
+needs_numba = pytest.mark.skipif(not cpu_fused.AVAILABLE, reason="the fused kernels need Numba (not installed)")
+HAS_MKL = cpu_mkl.load() is not None
+
+
+def _trainer(engine, seed=0, batch=16, dtype="float64"):
+    net = dn.Network(12, [dn.Dense(9, "relu"), dn.Dense(7, "tanh"), dn.Dense(5, "softmax")], engine=engine,
+                     dtype=dtype, seed=seed)
+    return net, TrainingNetwork(net, batch, "crossentropy")
+
+
+@needs_numba
+@pytest.mark.parametrize("rows", [16, 11])
+def test_fused_head_equals_the_separate_steps(rows):
+    """softmax_crossentropy gives the deltas, gradients, loss and hits of bias_activ + cost + diff + Σ rows."""
+    r = np.random.default_rng(5)
+    x = r.normal(size=(40, 12))
+    labels = r.integers(0, 5, size=40)
+    labels[:3] = [0, 4, 2]
+    targets, lab = prepare_targets(labels, 40, 5)
+    idx = r.permutation(40)[:rows]
+    results = []
+    for head in (True, False):
+        net, tn = _trainer("cpu")
+        assert tn.head      # softmax + cross-entropy on the fused engine
+        tn.head = head
+        e = net.engine
+        xs, ys, ls = e.to_engine(x), e.to_engine(targets), e.to_engine(lab.astype(np.intp))
+        tn.load(xs, ys, ls, idx.astype(np.intp))
+        tn.forward_backward(rows, with_labels=True)
+        loss, hits = tn.read_acc()
+        results.append(([l.dw.copy() for l in tn.layers] + [l.db.copy() for l in tn.layers]
+                        + [tn.layers[-1].a[:rows].copy()], loss, hits))
+    (fused, loss_f, hits_f), (plain, loss_p, hits_p) = results
+    for got, want in zip(fused, plain):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    assert loss_f == pytest.approx(loss_p, rel=1e-12)
+    assert hits_f == hits_p and 0 < hits_f < rows or rows < 5
+
+
+@needs_numba
+def test_fit_on_the_fast_and_the_reference_engine_agree(digits):
+    """Same seed, same data: cpu (fused head, Numba, MKL where installed) and cpu:numpy train the same."""
+    x, y = digits
+    runs = []
+    for engine in ("cpu", "cpu:numpy"):
+        net = dn.Network(64, [dn.Dense(32, "relu"), dn.Dense(10, "softmax")], engine=engine, dtype="float64", seed=2)
+        h = net.fit(x[:600], y[:600], epochs=3, batch_size=50, optimizer=dn.Adam(1e-3), progress=False)
+        runs.append((h, net.get_weights()))
+    (h1, w1), (h2, w2) = runs
+    np.testing.assert_allclose(h1["loss"], h2["loss"], rtol=1e-9)
+    assert h1["accuracy"] == h2["accuracy"]
+    for (wa, ba), (wb, bb) in zip(w1, w2):
+        np.testing.assert_allclose(wa, wb, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(ba, bb, rtol=1e-8, atol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from densenn.datasets import load_digits
+
+    d = load_digits()
+    return np.asarray(d.x_train, np.float64), np.asarray(d.y_train)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_and_momentum_flush_subnormal_moments(dtype):
+    """Moments that decay below the smallest normal number become 0 (x86 is ~100x slower on subnormals)."""
+    e = get_engine("cpu")
+    tiny = np.finfo(dtype).tiny
+    n = 6
+    w = np.ones(n, dtype)
+    g = np.zeros(n, dtype)
+    m = np.array([tiny * 0.5, tiny * 1.05, -tiny * 1.05, 1.0, tiny * 4, 0.0], dtype)
+    v = np.array([tiny * 0.5, tiny * 1.05, 1.0, 1.0, tiny * 1.0005, 0.0], dtype)
+    e.adam_update(w, g.copy(), m, v, 1e-3, 1e-8, 0.9, 0.999, 0.0, 0.0, None)
+    # m: 0.9·(0.5, ±1.05)·tiny fall below tiny → 0, 0.9·4·tiny stays
+    assert m[0] == 0 and m[1] == 0 and m[2] == 0 and m[3] == pytest.approx(0.9) and m[4] > tiny
+    # v: 0.999·0.5·tiny and 0.999·1.0005·tiny → 0, 0.999·1.05·tiny stays
+    assert v[0] == 0 and v[1] > tiny and v[4] == 0 and v[5] == 0
+    vel = np.array([tiny * 0.5, 2 * tiny, 1.0], dtype)
+    e.sgd_update(np.ones(3, dtype), np.zeros(3, dtype), vel, 0.1, 0.9, False, 0.0)
+    assert vel[0] == 0 and vel[1] > tiny and vel[2] == pytest.approx(0.9)
+
+
+@needs_numba
+def test_training_leaves_no_subnormal_moments(digits):
+    """Pixels that go dark after the first epoch: their weights' first moments decay as 0.9^t
+    and, without the flush, ~900 steps later hold subnormal numbers (288 of them here)."""
+    x, y = digits
+    x = x.astype(np.float32)
+    net = dn.Network(64, [dn.Dense(16, "relu"), dn.Dense(10, "softmax")], dtype="float32", seed=0)
+    opt = dn.Adam(1e-3)
+    net.fit(x, y, epochs=1, batch_size=64, optimizer=opt, progress=False)
+    dark = x.copy()
+    dark[:, 20:40] = 0
+    net.fit(dark, y, epochs=6, batch_size=8, optimizer=opt, progress=False)
+    tiny = np.finfo(np.float32).tiny
+    first_moment_w1 = opt.state[0][0]
+    assert (first_moment_w1[:, 20:40] == 0).mean() > 0.5     # decayed all the way, to exactly 0
+    for bufs in opt.state:
+        for buf in bufs:
+            assert not ((buf != 0) & (np.abs(buf) < tiny)).any()
+
+
+# -- BLAS ------------------------------------------------------------------------------
+def test_blas_choice_is_checked(monkeypatch):
+    with pytest.raises(DensennError, match="blas"):
+        CPUEngine(blas="atlas")
+    monkeypatch.setenv("DENSENN_BLAS", "bogus")
+    with pytest.raises(DensennError, match="DENSENN_BLAS"):
+        CPUEngine()
+    assert CPUEngine(blas="openblas").blas == "openblas"
+
+
+@pytest.mark.skipif(HAS_MKL, reason="MKL is installed here: blas='mkl' works")
+def test_asking_for_missing_mkl_says_what_to_install():
+    with pytest.raises(DensennError, match=r"densenn\[mkl\]"):
+        CPUEngine(blas="mkl")
+
+
+@pytest.mark.skipif(not HAS_MKL, reason="MKL is not installed (pip install 'densenn[mkl]')")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mkl_and_openblas_gemms_agree_on_layer_shapes(dtype):
+    mkl, ref = CPUEngine(blas="mkl"), CPUEngine(blas="openblas")
+    assert mkl.blas == "mkl" and "Math Kernel Library" in mkl._mkl.version
+    r = np.random.default_rng(1)
+    x = r.normal(size=(40, 33)).astype(dtype)
+    w = r.normal(size=(17, 33)).astype(dtype)
+    for n in (40, 7):   # the whole batch and the first rows of it (a view)
+        zs = [np.full((40, 17), np.nan, dtype) for _ in range(2)]
+        for eng, z in zip((mkl, ref), zs):
+            eng.gemm(1.0, x[:n], w, 0.0, z[:n], trans_b=True)
+        np.testing.assert_allclose(zs[0][:n], zs[1][:n], rtol=1e-4 if dtype == np.float32 else 1e-12)
+        assert np.isnan(zs[0][n:]).all()        # nothing written past the view
+    dw = [np.zeros((17, 33), dtype) for _ in range(2)]
+    d = r.normal(size=(40, 17)).astype(dtype)
+    for eng, out in zip((mkl, ref), dw):
+        eng.gemm(0.5, d, x, 2.0, out, trans_a=True)
+    np.testing.assert_allclose(dw[0], dw[1], rtol=1e-4 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("name", ["cpu", "cpu:numpy"])
+def test_gemm_refuses_mismatched_shapes(name):
+    e = get_engine(name)
+    a, b = np.ones((4, 3), np.float32), np.ones((5, 2), np.float32)
+    with pytest.raises(DensennError, match="gemm shapes"):
+        e.gemm(1.0, a, b, 0.0, np.zeros((4, 2), np.float32))
+    with pytest.raises(DensennError, match="gemm shapes"):
+        e.gemm(1.0, a, np.ones((3, 2), np.float32), 0.0, np.zeros((4, 3), np.float32))
