@@ -120,6 +120,8 @@ class CPUEngine:
     def add_bias(self, z, b):
         # The seed's rank-1 update z += b·1ᵀ through BLAS ?ger: in place, no temporary
         # (NumPy's broadcasting add goes through its iteration buffer).
+        if self._mkl is not None and b.dtype == z.dtype and self._mkl.rows_contiguous(z) and b.flags.c_contiguous:
+            return self._mkl.ger(1.0, self.ones(z.shape[0], z.dtype), b, z)
         zt = z.T
         if z.flags.c_contiguous and b.dtype == z.dtype:
             out = _GER[z.dtype](1.0, b, self.ones(z.shape[0], z.dtype), a=zt, overwrite_a=1)
@@ -131,7 +133,9 @@ class CPUEngine:
         return np.sum(x, axis=0, out=out)
 
     def axpy(self, alpha, x, y):
-        if x.flags.c_contiguous and y.flags.c_contiguous and x.dtype == y.dtype:
+        if x.flags.c_contiguous and y.flags.c_contiguous and x.dtype == y.dtype and x.size == y.size:
+            if self._mkl is not None:
+                return self._mkl.axpy(alpha, x, y)
             _AXPY[y.dtype](x.reshape(-1), y.reshape(-1), a=alpha)
             return y
         y += alpha * x

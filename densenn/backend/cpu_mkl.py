@@ -65,6 +65,43 @@ def _cblas(lib, name, scalar):
     return fn
 
 
+def _cblas_axpy(lib, name, scalar):
+    fn = getattr(lib, name)
+    fn.restype = None
+    fn.argtypes = [ctypes.c_int, scalar, ctypes.c_size_t, ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
+    return fn
+
+
+def _cblas_ger(lib, name, scalar):
+    fn = getattr(lib, name)
+    fn.restype = None
+    fn.argtypes = [ctypes.c_int] * 3 + [scalar, ctypes.c_size_t, ctypes.c_int, ctypes.c_size_t, ctypes.c_int,
+                                        ctypes.c_size_t, ctypes.c_int]
+    return fn
+
+
+def _numba_vector_ops(saxpy, daxpy, sger, dger):
+    import numba
+
+    @numba.njit(nogil=True, cache=False)
+    def axpy(alpha, x, y):
+        if y.itemsize == 4:
+            saxpy(y.size, alpha, x.ctypes.data, 1, y.ctypes.data, 1)
+        else:
+            daxpy(y.size, alpha, x.ctypes.data, 1, y.ctypes.data, 1)
+
+    @numba.njit(nogil=True, cache=False)
+    def ger(alpha, x, y, a):
+        m, n = a.shape
+        lda = max(1, a.strides[0] // a.itemsize)
+        if a.itemsize == 4:
+            sger(_ROW_MAJOR, m, n, alpha, x.ctypes.data, 1, y.ctypes.data, 1, a.ctypes.data, lda)
+        else:
+            dger(_ROW_MAJOR, m, n, alpha, x.ctypes.data, 1, y.ctypes.data, 1, a.ctypes.data, lda)
+
+    return axpy, ger
+
+
 def _numba_stub(sgemm, dgemm):
     """A compiled caller: c = alpha·op(a)·op(b) + beta·c, leading dimensions from the strides."""
     import numba
@@ -86,7 +123,11 @@ def _numba_stub(sgemm, dgemm):
 
 
 class MKLGemm:
-    """``c = alpha·op(a)·op(b) + beta·c`` by ``cblas_sgemm``/``cblas_dgemm``; overwrites ``c``."""
+    """``c = alpha·op(a)·op(b) + beta·c`` by ``cblas_sgemm``/``cblas_dgemm``; overwrites ``c``.
+
+    Also ``axpy`` and ``ger``: once MKL runs the GEMMs, every threaded BLAS call of a step
+    must be MKL's, or OpenBLAS's spinning threads and MKL's fight over the cores (3x slower).
+    """
 
     def __init__(self, lib: ctypes.CDLL, path: str):
         self.path = path
@@ -95,10 +136,15 @@ class MKLGemm:
         lib.MKL_Set_Threading_Layer(_THREADING_GNU if self.threading == "gnu" else _THREADING_INTEL)
         sgemm, dgemm = _cblas(lib, "cblas_sgemm", ctypes.c_float), _cblas(lib, "cblas_dgemm", ctypes.c_double)
         self._fn = {np.dtype(np.float32): sgemm, np.dtype(np.float64): dgemm}
+        saxpy, daxpy = _cblas_axpy(lib, "cblas_saxpy", ctypes.c_float), _cblas_axpy(lib, "cblas_daxpy", ctypes.c_double)
+        sger, dger = _cblas_ger(lib, "cblas_sger", ctypes.c_float), _cblas_ger(lib, "cblas_dger", ctypes.c_double)
+        self._axpy_fn = {np.dtype(np.float32): saxpy, np.dtype(np.float64): daxpy}
+        self._ger_fn = {np.dtype(np.float32): sger, np.dtype(np.float64): dger}
         try:
             self._stub = _numba_stub(sgemm, dgemm)
+            self._axpy_stub, self._ger_stub = _numba_vector_ops(saxpy, daxpy, sger, dger)
         except ImportError:
-            self._stub = None
+            self._stub = self._axpy_stub = self._ger_stub = None
         version = ctypes.create_string_buffer(256)
         lib.mkl_get_version_string(version, 256)
         self.version = version.value.decode(errors="replace").strip()
@@ -120,6 +166,27 @@ class MKLGemm:
                           _address(b), max(1, b.strides[0] // b.itemsize), beta,
                           _address(c), max(1, c.strides[0] // c.itemsize))
         return c
+
+
+    def axpy(self, alpha, x, y):
+        """y += alpha·x over contiguous x, y of one dtype (MKL's threads: OpenBLAS's would
+        spin beside MKL's and the two pools would fight over the cores). Overwrites y."""
+        if self._axpy_stub is not None:
+            self._axpy_stub(float(alpha), x, y)
+        else:
+            self._axpy_fn[y.dtype](y.size, alpha, _address(x), 1, _address(y), 1)
+        return y
+
+
+    def ger(self, alpha, x, y, a):
+        """a += alpha·x·yᵀ (the bias as a rank-1 update: x the ones, y the bias). Overwrites a."""
+        if self._ger_stub is not None:
+            self._ger_stub(float(alpha), x, y, a)
+        else:
+            m, n = a.shape
+            self._ger_fn[a.dtype](_ROW_MAJOR, m, n, alpha, _address(x), 1, _address(y), 1, _address(a),
+                                  max(1, a.strides[0] // a.itemsize))
+        return a
 
 
 _loaded: dict = {}
