@@ -34,22 +34,31 @@ def _njit(fn):
     return numba.njit(cache=False, nogil=True, boundscheck=False, error_model="numpy")(fn)
 
 
+def _bias_softmax_row(z, b, a, i):
+    """z[i] += b; a[i] = softmax(z[i]): one row, shared by the softmax and the output kernels."""
+    m = z.shape[1]
+    top = -math.inf
+    for j in range(m):
+        v = z[i, j] + b[j]
+        z[i, j] = v
+        top = max(top, v)
+    total = 0.0
+    for j in range(m):
+        e = math.exp(z[i, j] - top)    # shifted by the row max: no overflow
+        a[i, j] = e
+        total += e
+    scale = 1.0 / total
+    for j in range(m):
+        a[i, j] *= scale
+
+
+if AVAILABLE:   # the kernels below call it; Numba compiles it (lazily) into them
+    _bias_softmax_row = _njit(_bias_softmax_row)
+
+
 def _bias_softmax(z, b, a, p):
-    n, m = z.shape
-    for i in range(n):
-        top = -math.inf
-        for j in range(m):
-            v = z[i, j] + b[j]
-            z[i, j] = v
-            top = max(top, v)
-        total = 0.0
-        for j in range(m):
-            e = math.exp(z[i, j] - top)    # shifted by the row max: no overflow
-            a[i, j] = e
-            total += e
-        scale = 1.0 / total
-        for j in range(m):
-            a[i, j] *= scale
+    for i in range(z.shape[0]):
+        _bias_softmax_row(z, b, a, i)
 
 
 def _softmax_delta(z, a, p):
@@ -81,20 +90,9 @@ def _softmax_crossentropy(z, b, a, labels, scale, eps, db, acc):
     loss = 0.0
     hits = 0
     for i in range(n):
-        top = -math.inf
-        for j in range(m):
-            v = z[i, j] + b[j]
-            z[i, j] = v
-            top = max(top, v)
-        total = 0.0
-        for j in range(m):
-            e = math.exp(z[i, j] - top)
-            a[i, j] = e
-            total += e
-        inv = 1.0 / total
+        _bias_softmax_row(z, b, a, i)
         best = 0
-        for j in range(m):
-            a[i, j] *= inv
+        for j in range(1, m):
             if a[i, j] > a[i, best]:    # the first of equal maxima, as numpy.argmax
                 best = j
         label = labels[i]

@@ -56,27 +56,21 @@ def _address(x) -> int:
     return x.__array_interface__["data"][0]
 
 
-def _cblas(lib, name, scalar):
-    # a fresh function object per signature: pointers as size_t, which Numba can pass
-    fn = getattr(lib, name)
+#: argument types of the cblas routines used, "S" standing for the dtype's scalar;
+#: pointers are size_t, which Numba can pass
+_INT, _PTR = ctypes.c_int, ctypes.c_size_t
+_SIGNATURES = {
+    "gemm": [_INT] * 6 + ["S", _PTR, _INT, _PTR, _INT, "S", _PTR, _INT],
+    "axpy": [_INT, "S", _PTR, _INT, _PTR, _INT],
+    "ger": [_INT] * 3 + ["S", _PTR, _INT, _PTR, _INT, _PTR, _INT],
+}
+
+
+def _cblas(lib, routine, prefix, scalar):
+    """cblas_<prefix><routine> from lib, declared (a fresh function object per signature)."""
+    fn = getattr(lib, f"cblas_{prefix}{routine}")
     fn.restype = None
-    fn.argtypes = [ctypes.c_int] * 6 + [scalar, ctypes.c_size_t, ctypes.c_int, ctypes.c_size_t,
-                                        ctypes.c_int, scalar, ctypes.c_size_t, ctypes.c_int]
-    return fn
-
-
-def _cblas_axpy(lib, name, scalar):
-    fn = getattr(lib, name)
-    fn.restype = None
-    fn.argtypes = [ctypes.c_int, scalar, ctypes.c_size_t, ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
-    return fn
-
-
-def _cblas_ger(lib, name, scalar):
-    fn = getattr(lib, name)
-    fn.restype = None
-    fn.argtypes = [ctypes.c_int] * 3 + [scalar, ctypes.c_size_t, ctypes.c_int, ctypes.c_size_t, ctypes.c_int,
-                                        ctypes.c_size_t, ctypes.c_int]
+    fn.argtypes = [scalar if t == "S" else t for t in _SIGNATURES[routine]]
     return fn
 
 
@@ -134,10 +128,9 @@ class MKLGemm:
         # before MKL's first call: later calls to this are ignored
         self.threading = "gnu" if _has_libgomp() else "intel"
         lib.MKL_Set_Threading_Layer(_THREADING_GNU if self.threading == "gnu" else _THREADING_INTEL)
-        sgemm, dgemm = _cblas(lib, "cblas_sgemm", ctypes.c_float), _cblas(lib, "cblas_dgemm", ctypes.c_double)
+        sgemm, saxpy, sger = (_cblas(lib, r, "s", ctypes.c_float) for r in ("gemm", "axpy", "ger"))
+        dgemm, daxpy, dger = (_cblas(lib, r, "d", ctypes.c_double) for r in ("gemm", "axpy", "ger"))
         self._fn = {np.dtype(np.float32): sgemm, np.dtype(np.float64): dgemm}
-        saxpy, daxpy = _cblas_axpy(lib, "cblas_saxpy", ctypes.c_float), _cblas_axpy(lib, "cblas_daxpy", ctypes.c_double)
-        sger, dger = _cblas_ger(lib, "cblas_sger", ctypes.c_float), _cblas_ger(lib, "cblas_dger", ctypes.c_double)
         self._axpy_fn = {np.dtype(np.float32): saxpy, np.dtype(np.float64): daxpy}
         self._ger_fn = {np.dtype(np.float32): sger, np.dtype(np.float64): dger}
         try:
