@@ -147,25 +147,27 @@ def _adam(w, g, m, v, step, eps, beta1, beta2, one_minus_beta1, one_minus_beta2,
     # weight whose gradient stays zero (a dead ReLU, an always-black pixel) decays as 0.9^t
     # into subnormal numbers within a few epochs, and x86 computes on those a hundred
     # times slower; on MNIST they made every epoch slower than the one before.
+    zero = tiny - tiny      # in the arrays' dtype: a 0.0 literal would make mi, vi float64
     for i in range(w.shape[0]):
         gi = g[i] + weight_decay * w[i]
         mi = beta1 * m[i] + one_minus_beta1 * gi
         vi = beta2 * v[i] + one_minus_beta2 * gi * gi
         if abs(mi) < tiny:
-            mi = 0.0
+            mi = zero
         if vi < tiny:
-            vi = 0.0
+            vi = zero
         m[i] = mi
         v[i] = vi
         w[i] = keep * w[i] - step * mi / (np.sqrt(vi) + eps)
 
 
 def _sgd_momentum(w, g, v, lr, momentum, nesterov, weight_decay, tiny):
+    zero = tiny - tiny      # see _adam
     for i in range(w.shape[0]):
         gi = g[i] + weight_decay * w[i]
         vi = momentum * v[i] - lr * gi
         if abs(vi) < tiny:      # subnormal velocities: see _adam
-            vi = 0.0
+            vi = zero
         v[i] = vi
         if nesterov:
             w[i] += momentum * vi - lr * gi
