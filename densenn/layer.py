@@ -118,7 +118,8 @@ class DenseTraining:
         """z = x·wᵀ only: bias and activation are left to a fused output kernel. Overwrites z."""
         return self.engine.gemm(1.0, self.x, self.w, 0.0, self.z, trans_b=True)
 
-    def backward(self, propagate: bool = True, delta_ready: bool = False, db_ready: bool = False):
+    def backward(self, propagate: bool = True, delta_ready: bool = False, db_ready: bool = False,
+                 update=None, signal=None):
         """Gradients from the signal in ``a`` (∂C/∂a, written there by the layer above or the cost).
 
         Overwrites ``z`` with delta = f'(z) ∘ a (skipped when ``delta_ready``:
@@ -126,14 +127,33 @@ class DenseTraining:
         (skipped when ``db_ready``: the output kernel summed it on the way),
         and, when ``propagate``, ``x`` with delta·w: the signal for the layer below
         (the first layer's input is the user's batch and is not written).
+
+        ``update=(alpha, beta)`` folds a plain SGD step into the ∇w GEMM:
+        w ← beta·w + alpha·deltaᵀ·x and b ← b + alpha·db, in place, with no ∇w
+        written and no separate update pass over w (``dw`` is left alone). The
+        update reads x and the signal needs the old w, so the signal goes first
+        into ``signal`` (scratch of x's shape) and is copied into x afterwards.
         """
+        e = self.engine
         if not delta_ready:
             self.activ_fn.delta(self.z, self.a)
-        self.engine.gemm(1.0, self.z, self.x, 0.0, self.dw, trans_a=True)
         if not db_ready:
-            self.engine.sum_rows(self.z, self.db)
+            e.sum_rows(self.z, self.db)
+        if update is None:
+            e.gemm(1.0, self.z, self.x, 0.0, self.dw, trans_a=True)
+            if propagate:
+                e.gemm(1.0, self.z, self.w, 0.0, self.x)
+            return
+        alpha, beta = update
         if propagate:
-            self.engine.gemm(1.0, self.z, self.w, 0.0, self.x)
+            if signal is None or tuple(signal.shape) != tuple(self.x.shape):
+                raise DensennError(f"a folded update that propagates needs signal scratch of shape "
+                                   f"{tuple(self.x.shape)}, got {None if signal is None else tuple(signal.shape)}")
+            e.gemm(1.0, self.z, self.w, 0.0, signal)
+        e.gemm(alpha, self.z, self.x, beta, self.w, trans_a=True)
+        e.axpy(alpha, self.db, self.b)
+        if propagate:
+            e.copy(signal, self.x)
 
     # -- partial batches --------------------------------------------------------
     def rows(self, n: int) -> "DenseTraining":

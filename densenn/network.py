@@ -138,6 +138,10 @@ class TrainingNetwork:
         self.grads = [g for layer in self.layers for g in (layer.dw, layer.db)]
         self.decays = [True, False] * len(self.layers)
         self._views = {batch: self._buffers()}
+        # scratch for the signals of a folded SGD step (see DenseTraining.backward), made at
+        # the first such step: one flat buffer viewed per layer and batch size
+        self.signal = None
+        self._signal_views: dict = {}
 
     def _buffers(self, n: int | None = None):
         if n is None:
@@ -169,8 +173,21 @@ class TrainingNetwork:
             self.engine.take_rows(labels, idx_e, lab)
         return n
 
-    def forward_backward(self, n: int, with_labels: bool):
-        """Forward, cost (accumulated into acc), backward for the first n rows of the batch."""
+    def signals(self, n: int) -> list:
+        """Per layer, the (n, n_in) scratch its folded update writes its signal into (None for the first)."""
+        if n not in self._signal_views:
+            if self.signal is None:
+                self.signal = self.engine.empty((self.batch * max(l.inference.n_in for l in self.layers),),
+                                                self.net.dtype)
+            self._signal_views[n] = [None] + [self.signal[:n * l.inference.n_in].reshape(n, l.inference.n_in)
+                                              for l in self.layers[1:]]
+        return self._signal_views[n]
+
+    def forward_backward(self, n: int, with_labels: bool, update=None):
+        """Forward, cost (accumulated into acc), backward for the first n rows of the batch.
+
+        With ``update=(alpha, beta)`` the backward pass also applies a plain SGD step
+        folded into the ∇w GEMMs (see ``DenseTraining.backward``)."""
         e = self.engine
         layers, _, y, labels, work, mwork = self.views(n)
         last = layers[-1]
@@ -190,14 +207,21 @@ class TrainingNetwork:
                 e.diff(last.a, y, last.z, 1.0 / n)
             else:
                 e.cost_gradient(self.cost, last.a, y, last.a, 1.0 / n, work)
-        last.backward(propagate=len(layers) > 1, delta_ready=self.fused, db_ready=head)
+        signals = self.signals(n) if update is not None else [None] * len(layers)
+        last.backward(propagate=len(layers) > 1, delta_ready=self.fused, db_ready=head,
+                      update=update, signal=signals[-1])
         for i in range(len(layers) - 2, -1, -1):
-            layers[i].backward(propagate=i > 0)
+            layers[i].backward(propagate=i > 0, update=update, signal=signals[i])
 
     def step(self, n: int, optimizer, epoch: float, with_labels: bool):
-        """One training step on the first n rows of the loaded batch."""
-        self.forward_backward(n, with_labels)
-        optimizer.step(self.params, self.grads, self.decays, epoch)
+        """One training step on the first n rows of the loaded batch.
+
+        Plain SGD is folded into the backward pass's GEMMs (``optimizer.gemm_update``);
+        any other optimizer updates from the gradients afterwards."""
+        update = optimizer.gemm_update(epoch)
+        self.forward_backward(n, with_labels, update)
+        if update is None:
+            optimizer.step(self.params, self.grads, self.decays, epoch)
 
     def read_acc(self, reset: bool = True):
         """(Σ loss, Σ correct) read from the engine, then zeroed."""
@@ -213,18 +237,20 @@ class TrainingNetwork:
             for k, v in layer.nbytes().items():
                 out[k] += v
         out["batch"] = sum(e.nbytes(b) for b in (self.x, self.y, self.labels, self.idx) if b is not None)
-        out["work"] += sum(e.nbytes(b) for b in (self.cost_work, self.metric_work, self.acc) if b is not None)
+        out["work"] += sum(e.nbytes(b) for b in (self.cost_work, self.metric_work, self.acc, self.signal)
+                           if b is not None)
         return out
 
     def release(self):
         for layer in self.layers:
             layer.release()
-        for name in ("x", "y", "labels", "idx", "cost_work", "metric_work", "acc"):
+        for name in ("x", "y", "labels", "idx", "cost_work", "metric_work", "acc", "signal"):
             if getattr(self, name) is not None:
                 self.engine.release(getattr(self, name))
                 setattr(self, name, None)       # nothing stays reachable through a released network
         self.layers = []
         self._views = {}
+        self._signal_views = {}
 
     def __enter__(self):
         return self

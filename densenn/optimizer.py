@@ -182,6 +182,15 @@ class Optimizer:
     def _update(self, i, p, g, lr, weight_decay):
         raise NotImplementedError  # abstract
 
+    def gemm_update(self, epoch: float = 0.0):
+        """``(alpha, beta)`` when this step's update is w ← beta·w + alpha·∇w for every
+        weight and b ← b + alpha·∇b for every bias, else None.
+
+        A pair lets the training network fold the update into the ∇w GEMM (no ∇w
+        buffer written, no update pass); returning it counts the step, as ``step`` would.
+        """
+        return None
+
     def config(self) -> dict:
         raise NotImplementedError  # abstract
 
@@ -205,6 +214,14 @@ class SGD(Optimizer):
 
     def slots(self):
         return 1 if self.momentum else 0
+
+    def gemm_update(self, epoch: float = 0.0):
+        # plain SGD with L2 decay: w - lr·(∇w + λ·w) = (1 - lr·λ)·w - lr·∇w
+        if self.momentum:
+            return None
+        self.t += 1
+        lr = self.current_lr(epoch)
+        return -lr, 1.0 - lr * self.weight_decay
 
     def _update(self, i, p, g, lr, weight_decay):
         v = self.state[i][0] if self.momentum else None

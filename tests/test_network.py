@@ -129,6 +129,50 @@ def test_one_epoch_equals_three_manual_sgd_steps():
     assert np.isfinite(loss) and loss > 0
 
 
+class UnfoldedSGD(dn.SGD):
+    """Plain SGD that updates from the gradients afterwards, as every other optimizer does."""
+
+    def gemm_update(self, epoch=0.0):
+        return None
+
+
+@pytest.mark.parametrize("cost,out_act", [("crossentropy", "softmax"), ("quadratic", "linear")])
+def test_plain_sgd_folded_into_the_gemms_equals_the_update_from_gradients(engine, cost, out_act):
+    """w ← (1 − lr·λ)·w − lr·δᵀx inside the ∇w GEMM, the signal through scratch: the same
+    training as ∇w then the update, with decay, a schedule and a partial last batch."""
+    dtype = "float64" if engine.supports("float64") else "float32"
+    r = np.random.default_rng(3)
+    x = r.normal(size=(27, 5))
+    y = r.integers(0, 3, 27) if cost == "crossentropy" else r.normal(size=(27, 3))
+    nets, opts = [], []
+    for make in (dn.SGD, UnfoldedSGD):
+        net = dn.Network(5, [dn.Dense(7, "tanh"), dn.Dense(4, "relu"), dn.Dense(3, out_act)], engine=engine,
+                         dtype=dtype, seed=1)
+        opt = make(0.2, weight_decay=0.05, schedule="cosine")
+        net.fit(x, y, epochs=3, batch_size=8, cost=cost, optimizer=opt, progress=False)
+        nets.append(net)
+        opts.append(opt)
+    folded, unfolded = nets
+    assert opts[0].t == opts[1].t == 12                 # 4 steps per epoch, the last of 3 rows
+    # the folded run never wrote a ∇w: that path was taken
+    assert all(not engine.to_host(layer.dw).any() for layer in folded._trainer.layers)
+    assert all(engine.to_host(layer.dw).any() for layer in unfolded._trainer.layers)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else dict(rtol=1e-4, atol=1e-5)
+    for (w, b), (rw, rb), (w0, _) in zip(folded.get_weights(), unfolded.get_weights(),
+                                         dn.Network(5, folded.specs, dtype=dtype, seed=1).get_weights()):
+        np.testing.assert_allclose(w, rw, **tol)
+        np.testing.assert_allclose(b, rb, **tol)
+        assert not np.allclose(w, w0)
+    np.testing.assert_allclose(folded.history["loss"], unfolded.history["loss"], **tol)
+
+
+def test_momentum_is_not_folded():
+    assert dn.SGD(0.1, momentum=0.9).gemm_update(0.0) is None
+    assert dn.Adam().gemm_update(0.0) is None
+    opt = dn.SGD(0.1, weight_decay=0.5)
+    assert opt.gemm_update(0.0) == (-0.1, 1.0 - 0.1 * 0.5) and opt.t == 1
+
+
 def test_batch_larger_than_the_data_is_one_step():
     x, y = small_problem(n=10)
     net = small_net()
