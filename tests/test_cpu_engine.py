@@ -19,6 +19,7 @@ from densenn.network import TrainingNetwork, prepare_targets
 
 needs_numba = pytest.mark.skipif(not cpu_fused.AVAILABLE, reason="the fused kernels need Numba (not installed)")
 HAS_MKL = cpu_mkl.load() is not None
+numba_float32 = cpu_fused.numba.float32 if cpu_fused.AVAILABLE else None
 
 
 def _trainer(engine, seed=0, batch=16, dtype="float64"):
@@ -100,6 +101,23 @@ def test_adam_and_momentum_flush_subnormal_moments(dtype):
     vel = np.array([tiny * 0.5, 2 * tiny, 1.0], dtype)
     e.sgd_update(np.ones(3, dtype), np.zeros(3, dtype), vel, 0.1, 0.9, False, 0.0)
     assert vel[0] == 0 and vel[1] > tiny and vel[2] == pytest.approx(0.9)
+
+
+@needs_numba
+def test_fused_optimizers_compute_float32_in_float32():
+    """Every named variable of the float32 Adam and momentum kernels is float32: one float64
+    constant (a 0.0 literal in the flush) once made Numba run Adam in float64, 2x slower."""
+    e = get_engine("cpu")
+    f = np.float32
+    e.adam_update(np.ones(4, f), np.ones(4, f), np.ones(4, f), np.ones(4, f), 1e-3, 1e-8, 0.9, 0.999, 0.0, 0.0, None)
+    e.sgd_update(np.ones(4, f), np.ones(4, f), np.ones(4, f), 0.1, 0.9, True, 0.01)
+    for kernel in cpu_fused.optimizer_kernels():
+        for args, compiled in kernel.overloads.items():
+            if args[0].dtype != numba_float32:
+                continue
+            wide = {name: str(t) for name, t in compiled.type_annotation.typemap.items()
+                    if not name.startswith("$") and "float64" in str(t)}
+            assert not wide, f"{kernel.__name__} widens to float64: {wide}"
 
 
 @needs_numba
