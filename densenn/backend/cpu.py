@@ -13,7 +13,7 @@ import os
 import numpy as np
 from scipy.linalg import blas
 
-from densenn.backend import cpu_fused, cpu_mkl
+from densenn.backend import cpu_fused, cpu_mkl, cpu_threads
 from densenn.errors import DensennError
 
 _GEMM = {np.dtype(np.float32): blas.sgemm, np.dtype(np.float64): blas.dgemm}
@@ -21,6 +21,11 @@ _AXPY = {np.dtype(np.float32): blas.saxpy, np.dtype(np.float64): blas.daxpy}
 _GER = {np.dtype(np.float32): blas.sger, np.dtype(np.float64): blas.dger}
 #: the smallest normal number per dtype: the fused optimizers flush moments below it
 _TINY = {dt: dt.type(np.finfo(dt).tiny) for dt in _GEMM}
+
+
+def _rows(x, lo, hi):
+    """Rows lo:hi of an optional buffer (an activation's working memory may be None)."""
+    return None if x is None else x[lo:hi]
 
 
 class CPUEngine:
@@ -47,6 +52,8 @@ class CPUEngine:
         self._mkl = cpu_mkl.choose(blas)
         self.blas = "mkl" if self._mkl is not None else "openblas"
         self.uploads = 0  # host→engine copies, counted like the device engines do
+        # large elementwise passes run in row blocks on every core (see cpu_threads)
+        self._blocks = cpu_threads.RowBlocks()
         self._ones: dict = {}  # dtype -> a vector of ones, grown to the largest batch seen
 
     def __repr__(self):
@@ -130,6 +137,10 @@ class CPUEngine:
         return np.add(z, b, out=z)
 
     def sum_rows(self, x, out):
+        if self._blocks.splits(x.T):
+            # in blocks of columns: each block's sums are whole, nothing to combine afterwards
+            self._blocks.run(lambda lo, hi: np.sum(x[:, lo:hi], axis=0, out=out[lo:hi]), x.shape[1])
+            return out
         return np.sum(x, axis=0, out=out)
 
     def axpy(self, alpha, x, y):
@@ -154,27 +165,54 @@ class CPUEngine:
 
     def take_rows(self, src, idx, out):
         # mode="clip" writes straight into out; the default "raise" goes through a temporary
+        if self._blocks.splits(out):
+            self._blocks.run(lambda lo, hi: np.take(src, idx[lo:hi], axis=0, out=out[lo:hi], mode="clip"),
+                             out.shape[0])
+            return out
         return np.take(src, idx, axis=0, out=out, mode="clip")
 
-    # -- activations ---------------------------------------------------------
+    # -- activations -----------------------------------------------------------
+    # A large pass runs in row blocks on all cores (rows are independent; see cpu_threads),
+    # a small one in one call on the calling thread.
     def activ(self, act, z, a, work=None):
+        if self._blocks.splits(z):
+            self._blocks.run(lambda lo, hi: act.np_activ(z[lo:hi], a[lo:hi], _rows(work, lo, hi)), z.shape[0])
+            return a
         return act.np_activ(z, a, work)
 
     def bias_activ(self, act, z, b, a, work=None):
+        if self._blocks.splits(z):
+            self._blocks.run(lambda lo, hi: self._bias_activ(act, z[lo:hi], b, a[lo:hi], _rows(work, lo, hi)),
+                             z.shape[0])
+        else:
+            self._bias_activ(act, z, b, a, work)
+        return a
+
+    def _bias_activ(self, act, z, b, a, work):
         if self._fuses(act, z, a):
             cpu_fused.activation_kernels(act)[0](z, b, a, z.dtype.type(act.param))
-            return a
-        self.add_bias(z, b)
-        return act.np_activ(z, a, work)
+        else:
+            self.add_bias(z, b)
+            act.np_activ(z, a, work)
 
     def prime(self, act, z, work=None):
+        if self._blocks.splits(z):
+            self._blocks.run(lambda lo, hi: act.np_prime(z[lo:hi], _rows(work, lo, hi)), z.shape[0])
+            return z
         return act.np_prime(z, work)
 
     def delta(self, act, z, a, work=None):
+        if self._blocks.splits(z):
+            self._blocks.run(lambda lo, hi: self._delta(act, z[lo:hi], a[lo:hi], _rows(work, lo, hi)), z.shape[0])
+        else:
+            self._delta(act, z, a, work)
+        return z
+
+    def _delta(self, act, z, a, work):
         if self._fuses(act, z, a):
             cpu_fused.activation_kernels(act)[1](z, a, z.dtype.type(act.param))
-            return z
-        return act.np_delta(z, a, work)
+        else:
+            act.np_delta(z, a, work)
 
     # -- costs and metrics ---------------------------------------------------
     def cost_value(self, cost, a, y, work, acc):
@@ -224,8 +262,12 @@ class CPUEngine:
         if self.fused and v is not None:
             t = w.dtype.type
             sgd_momentum = cpu_fused.optimizer_kernels()[1]
-            sgd_momentum(w.reshape(-1), g.reshape(-1), v.reshape(-1), t(lr), t(momentum),
-                         bool(nesterov), t(weight_decay), _TINY[w.dtype])
+            w1, g1, v1 = w.reshape(-1), g.reshape(-1), v.reshape(-1)
+            args = (t(lr), t(momentum), bool(nesterov), t(weight_decay), _TINY[w.dtype])
+            if self._blocks.splits(w1):
+                self._blocks.run(lambda lo, hi: sgd_momentum(w1[lo:hi], g1[lo:hi], v1[lo:hi], *args), w1.size)
+            else:
+                sgd_momentum(w1, g1, v1, *args)
             return w
         if weight_decay:
             self.axpy(weight_decay, w, g)
@@ -241,10 +283,14 @@ class CPUEngine:
     def adam_update(self, w, g, m, v, step, eps, beta1, beta2, weight_decay, decay, work):
         if self.fused:
             t = w.dtype.type
-            cpu_fused.optimizer_kernels()[0](w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
-                                             t(step), t(eps), t(beta1), t(beta2), t(1.0 - beta1),
-                                             t(1.0 - beta2), t(weight_decay), t(1.0 - decay),
-                                             _TINY[w.dtype])
+            adam = cpu_fused.optimizer_kernels()[0]
+            w1, g1, m1, v1 = w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)
+            args = (t(step), t(eps), t(beta1), t(beta2), t(1.0 - beta1), t(1.0 - beta2), t(weight_decay),
+                    t(1.0 - decay), _TINY[w.dtype])
+            if self._blocks.splits(w1):
+                self._blocks.run(lambda lo, hi: adam(w1[lo:hi], g1[lo:hi], m1[lo:hi], v1[lo:hi], *args), w1.size)
+            else:
+                adam(w1, g1, m1, v1, *args)
             return w
         if weight_decay:
             self.axpy(weight_decay, w, g)
