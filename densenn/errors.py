@@ -91,8 +91,18 @@ def check_matrix(name: str, value, *, n_features: int | None = None, allow_empty
         raise DensennError(f"{name} must not be empty, got shape {arr.shape}")
     if n_features is not None and arr.shape[1] != n_features:
         raise DensennError(f"{name} must have {n_features} features (columns), got {arr.shape[1]}")
-    # min and max are NaN or ±inf exactly when some entry is, and need no boolean temporary
-    if np.issubdtype(arr.dtype, np.floating) and not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
+    if np.issubdtype(arr.dtype, np.floating) and not _all_finite(arr):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         raise DensennError(f"{name} contains {bad} NaN or infinite value(s)")
     return arr
+
+
+def _all_finite(arr) -> bool:
+    """No NaN or ±inf in ``arr``, in one pass with no boolean temporary (fit checks all of x
+    on every call): column sums are finite unless an entry is NaN/inf or a sum overflows,
+    and only then are the entries themselves looked at."""
+    if arr.ndim != 2 or arr.size == 0:
+        return bool(np.isfinite(arr).all())
+    with np.errstate(over="ignore", invalid="ignore"):
+        sums = np.add.reduce(arr, axis=0)
+    return bool(np.isfinite(sums).all()) or bool(np.isfinite(arr).all())

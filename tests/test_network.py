@@ -667,3 +667,18 @@ def test_inputs_are_not_modified():
     np.testing.assert_array_equal(x, x64)
     np.testing.assert_array_equal(x32, x32_copy)
     np.testing.assert_array_equal(y, y_copy)
+
+
+def test_finite_check_tells_overflowing_sums_from_nan_and_inf():
+    """check_matrix sums columns first: huge finite values overflow that sum and must not be
+    taken for inf, while a NaN or ±inf among them is still found and counted."""
+    from densenn.errors import check_matrix
+
+    huge = np.full((6, 3), 3e38, np.float32)
+    assert check_matrix("x", huge) is huge
+    for bad in (np.nan, np.inf, -np.inf):
+        x = huge.copy()
+        x[4, 2] = bad
+        x[1, 0] = bad
+        with pytest.raises(dn.DensennError, match="x contains 2 NaN or infinite"):
+            check_matrix("x", x)

@@ -256,6 +256,12 @@ class CPUEngine:
         return acc
 
     # -- optimizers ------------------------------------------------------------
+    def _omp_updates(self, w):
+        """The OpenMP update kernels for a large enough w when MKL runs on GNU OpenMP, else None."""
+        if w.size < cpu_fused.OMP_MIN or self._mkl is None or self._mkl.threading != "gnu":
+            return None
+        return cpu_fused.omp_optimizer_kernels()
+
     def sgd_update(self, w, g, v, lr, momentum, nesterov, weight_decay):
         # Plain SGD is one BLAS axpy below, which OpenBLAS spreads over its threads:
         # twice as fast as a one-thread fused loop for large layers.
@@ -264,7 +270,10 @@ class CPUEngine:
             sgd_momentum = cpu_fused.optimizer_kernels()[1]
             w1, g1, v1 = w.reshape(-1), g.reshape(-1), v.reshape(-1)
             args = (t(lr), t(momentum), bool(nesterov), t(weight_decay), _TINY[w.dtype])
-            if self._blocks.splits(w1):
+            omp = self._omp_updates(w1)
+            if omp is not None:
+                omp[1](w1, g1, v1, *args)
+            elif self._blocks.splits(w1):
                 self._blocks.run(lambda lo, hi: sgd_momentum(w1[lo:hi], g1[lo:hi], v1[lo:hi], *args), w1.size)
             else:
                 sgd_momentum(w1, g1, v1, *args)
@@ -287,7 +296,10 @@ class CPUEngine:
             w1, g1, m1, v1 = w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)
             args = (t(step), t(eps), t(beta1), t(beta2), t(1.0 - beta1), t(1.0 - beta2), t(weight_decay),
                     t(1.0 - decay), _TINY[w.dtype])
-            if self._blocks.splits(w1):
+            omp = self._omp_updates(w1)
+            if omp is not None:
+                omp[0](w1, g1, m1, v1, *args)
+            elif self._blocks.splits(w1):
                 self._blocks.run(lambda lo, hi: adam(w1[lo:hi], g1[lo:hi], m1[lo:hi], v1[lo:hi], *args), w1.size)
             else:
                 adam(w1, g1, m1, v1, *args)
