@@ -185,3 +185,33 @@ def test_gemm_refuses_mismatched_shapes(name):
         e.gemm(1.0, a, b, 0.0, np.zeros((4, 2), np.float32))
     with pytest.raises(DensennError, match="gemm shapes"):
         e.gemm(1.0, a, np.ones((3, 2), np.float32), 0.0, np.zeros((4, 3), np.float32))
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_openmp_updates_equal_the_one_thread_kernels(dtype):
+    """Adam and momentum in blocks on Numba's OpenMP threads (large parameters, MKL on GNU
+    OpenMP) give exactly what the one-thread kernels give."""
+    omp = cpu_fused.omp_optimizer_kernels()
+    if omp is None:
+        pytest.skip(f"Numba's threading layer is not OpenMP here (THREADING_LAYER="
+                    f"{cpu_fused.numba.config.THREADING_LAYER!r})")
+    serial = cpu_fused.optimizer_kernels()
+    r = np.random.default_rng(4)
+    n = 100_003                                    # not a multiple of the thread count
+    w0, g0 = r.normal(size=n).astype(dtype), r.normal(size=n).astype(dtype)
+    t = np.dtype(dtype).type
+    tiny = t(np.finfo(dtype).tiny)
+    adam_args = (t(1e-3), t(1e-8), t(0.9), t(0.999), t(0.1), t(0.001), t(0.01), t(1.0), tiny)
+    momentum_args = (t(0.1), t(0.9), True, t(0.01), tiny)
+    results = []
+    for adam, sgd_momentum in (serial, omp):
+        w, m, v = w0.copy(), np.zeros_like(w0), np.zeros_like(w0)
+        w2, vel = w0.copy(), np.zeros_like(w0)
+        for _ in range(3):
+            adam(w, g0, m, v, *adam_args)
+            sgd_momentum(w2, g0, vel, *momentum_args)
+        results.append((w, m, v, w2, vel))
+    for got, expected in zip(*results):
+        np.testing.assert_array_equal(got, expected)
+    assert not np.array_equal(results[1][0], w0)
