@@ -85,19 +85,21 @@ def settle():
     time.sleep(SETTLE_S)
 
 
-def interleaved(fns: dict, repeats: int = 7, warmup: int = 2, number: int | None = None, sync=None) -> dict:
+def interleaved(fns: dict, repeats: int = 7, warmup: int = 2, number: int | None = None, sync=None,
+                target_s: float = 0.02) -> dict:
     """Time several functions round-robin; returns {name: Timing} (seconds per call).
 
     Each round takes one sample of every function, so a burst of load on a shared
     machine hits all of them; before each sample the machine settles (``settle``).
-    Garbage collection is off while timing (as in ``timeit``).
+    ``number=None`` makes each sample last about ``target_s``. Garbage collection is
+    off while timing (as in ``timeit``).
     """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
         if sync:
             sync()
-    numbers = {k: (number or auto_number(fn)) for k, fn in fns.items()}
+    numbers = {k: (number or auto_number(fn, target_s)) for k, fn in fns.items()}
     samples = {k: [] for k in fns}
     was_enabled = gc.isenabled()
     gc.collect()

@@ -278,8 +278,11 @@ def section_mlp(args, res):
     plan = so.gemm_plan(sizes, batch)
     fns_step["GEMM floor"] = so.floor_fn(plan)
     fns_fwd["GEMM floor"] = so.floor_fn(plan, forward_only=True)
-    t = interleaved(fns_step, repeats=args.repeats, warmup=3, sync=sync_jax)
-    tf = interleaved(fns_fwd, repeats=args.repeats, warmup=3, sync=sync_jax)
+    # samples of ~0.2 s (~20 steps): the steady state of a training loop. With 20 ms samples
+    # (3 steps) each sample held the first step after the settling pause, when the BLAS
+    # threads are asleep and the caches cold, and the samples swung by 2x here.
+    t = interleaved(fns_step, repeats=args.repeats, warmup=3, sync=sync_jax, target_s=0.2)
+    tf = interleaved(fns_fwd, repeats=args.repeats, warmup=3, sync=sync_jax, target_s=0.2)
     out["step"], out["forward"] = t, tf
     flops = so.step_flops(sizes, batch)
     out["gflop_step"], out["gflop_forward"] = flops["step"] / 1e9, flops["forward"] / 1e9
@@ -375,7 +378,7 @@ def section_seed(args, res):
     plan = so.gemm_plan(s.sizes, n)
     fns_f["GEMM floor"] = so.floor_fn(plan, forward_only=True)
     fns_s["GEMM floor"] = so.floor_fn(plan)
-    reps = max(3, args.repeats // 3)
+    reps = max(3, args.repeats // 2)     # a step is ~0.6 s: 5 samples of each library by default
     tf = interleaved(fns_f, repeats=reps, warmup=1, number=1, sync=sync)
     ts = interleaved(fns_s, repeats=reps, warmup=1, number=1, sync=sync)
     out["forward"], out["step"] = tf, ts
