@@ -200,10 +200,9 @@ def test_openmp_updates_equal_the_one_thread_kernels(dtype):
     r = np.random.default_rng(4)
     n = 100_003                                    # not a multiple of the thread count
     w0, g0 = r.normal(size=n).astype(dtype), r.normal(size=n).astype(dtype)
-    t = np.dtype(dtype).type
-    tiny = t(np.finfo(dtype).tiny)
-    adam_args = (t(1e-3), t(1e-8), t(0.9), t(0.999), t(0.1), t(0.001), t(0.01), t(1.0), tiny)
-    momentum_args = (t(0.1), t(0.9), True, t(0.01), tiny)
+    tiny = np.finfo(dtype).tiny
+    adam_args = (np.array([1e-3, 1e-8, 0.9, 0.999, 0.1, 0.001, 0.01, 1.0, tiny], dtype),)
+    momentum_args = (np.array([0.1, 0.9, 0.01, tiny], dtype), True)
     results = []
     for adam, sgd_momentum in (serial, omp):
         w, m, v = w0.copy(), np.zeros_like(w0), np.zeros_like(w0)

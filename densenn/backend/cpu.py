@@ -55,6 +55,7 @@ class CPUEngine:
         # large elementwise passes run in row blocks on every core (see cpu_threads)
         self._blocks = cpu_threads.RowBlocks()
         self._ones: dict = {}  # dtype -> a vector of ones, grown to the largest batch seen
+        self._coefs: dict = {}  # (dtype, n) -> the scalars of an update kernel (see _coef)
 
     def __repr__(self):
         return f"CPUEngine(fused={self.fused}, blas={self.blas!r})"
@@ -100,14 +101,14 @@ class CPUEngine:
 
     # -- BLAS-like ---------------------------------------------------------
     def gemm(self, alpha, a, b, beta, c, trans_a=False, trans_b=False):
+        if self._mkl is not None and a.ndim == b.ndim == c.ndim == 2 and a.dtype == b.dtype == c.dtype:
+            status = self._mkl(alpha, a, b, beta, c, trans_a, trans_b)   # checks shapes and strides itself
+            if status == cpu_mkl.DONE:
+                return c
         m, n = c.shape
         (ma, ka), (kb, nb) = (a.shape[::-1] if trans_a else a.shape), (b.shape[::-1] if trans_b else b.shape)
         if (ma, nb, ka) != (m, n, kb):
             raise DensennError(f"gemm shapes do not match: op(a) {ma}×{ka}, op(b) {kb}×{nb}, c {m}×{n}")
-        mkl = self._mkl
-        if mkl is not None and a.dtype == b.dtype == c.dtype and mkl.rows_contiguous(a) \
-                and mkl.rows_contiguous(b) and mkl.rows_contiguous(c):
-            return mkl(alpha, a, b, beta, c, trans_a, trans_b)
         ct = c.T
         out = _GEMM[c.dtype](alpha, b.T, a.T, beta=beta, c=ct,
                              trans_a=int(trans_b), trans_b=int(trans_a), overwrite_c=1)
@@ -139,9 +140,9 @@ class CPUEngine:
     def sum_rows(self, x, out):
         if self._blocks.splits(x.T):
             # in blocks of columns: each block's sums are whole, nothing to combine afterwards
-            self._blocks.run(lambda lo, hi: np.sum(x[:, lo:hi], axis=0, out=out[lo:hi]), x.shape[1])
+            self._blocks.run(lambda lo, hi: np.add.reduce(x[:, lo:hi], axis=0, out=out[lo:hi]), x.shape[1])
             return out
-        return np.sum(x, axis=0, out=out)
+        return np.add.reduce(x, axis=0, out=out)    # np.sum's wrapper costs more than a small sum
 
     def axpy(self, alpha, x, y):
         if x.flags.c_contiguous and y.flags.c_contiguous and x.dtype == y.dtype and x.size == y.size:
@@ -256,6 +257,15 @@ class CPUEngine:
         return acc
 
     # -- optimizers ------------------------------------------------------------
+    def _coef(self, dtype, values):
+        """The update kernels' scalars, written into this engine's vector for them (see cpu_fused.ADAM_COEF)."""
+        key = (dtype, len(values))
+        if key not in self._coefs:
+            self._coefs[key] = np.empty(len(values), dtype)
+        coef = self._coefs[key]
+        coef[:] = values
+        return coef
+
     def _omp_updates(self, w):
         """The OpenMP update kernels for a large enough w when MKL runs on GNU OpenMP, else None."""
         if w.size < cpu_fused.OMP_MIN or self._mkl is None or self._mkl.threading != "gnu":
@@ -266,17 +276,17 @@ class CPUEngine:
         # Plain SGD is one BLAS axpy below, which OpenBLAS spreads over its threads:
         # twice as fast as a one-thread fused loop for large layers.
         if self.fused and v is not None:
-            t = w.dtype.type
             sgd_momentum = cpu_fused.optimizer_kernels()[1]
             w1, g1, v1 = w.reshape(-1), g.reshape(-1), v.reshape(-1)
-            args = (t(lr), t(momentum), bool(nesterov), t(weight_decay), _TINY[w.dtype])
+            coef, nesterov = self._coef(w.dtype, (lr, momentum, weight_decay, _TINY[w.dtype])), bool(nesterov)
             omp = self._omp_updates(w1)
             if omp is not None:
-                omp[1](w1, g1, v1, *args)
+                omp[1](w1, g1, v1, coef, nesterov)
             elif self._blocks.splits(w1):
-                self._blocks.run(lambda lo, hi: sgd_momentum(w1[lo:hi], g1[lo:hi], v1[lo:hi], *args), w1.size)
+                self._blocks.run(lambda lo, hi: sgd_momentum(w1[lo:hi], g1[lo:hi], v1[lo:hi], coef, nesterov),
+                                 w1.size)
             else:
-                sgd_momentum(w1, g1, v1, *args)
+                sgd_momentum(w1, g1, v1, coef, nesterov)
             return w
         if weight_decay:
             self.axpy(weight_decay, w, g)
@@ -291,18 +301,17 @@ class CPUEngine:
 
     def adam_update(self, w, g, m, v, step, eps, beta1, beta2, weight_decay, decay, work):
         if self.fused:
-            t = w.dtype.type
             adam = cpu_fused.optimizer_kernels()[0]
             w1, g1, m1, v1 = w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)
-            args = (t(step), t(eps), t(beta1), t(beta2), t(1.0 - beta1), t(1.0 - beta2), t(weight_decay),
-                    t(1.0 - decay), _TINY[w.dtype])
+            coef = self._coef(w.dtype, (step, eps, beta1, beta2, 1.0 - beta1, 1.0 - beta2, weight_decay,
+                                        1.0 - decay, _TINY[w.dtype]))
             omp = self._omp_updates(w1)
             if omp is not None:
-                omp[0](w1, g1, m1, v1, *args)
+                omp[0](w1, g1, m1, v1, coef)
             elif self._blocks.splits(w1):
-                self._blocks.run(lambda lo, hi: adam(w1[lo:hi], g1[lo:hi], m1[lo:hi], v1[lo:hi], *args), w1.size)
+                self._blocks.run(lambda lo, hi: adam(w1[lo:hi], g1[lo:hi], m1[lo:hi], v1[lo:hi], coef), w1.size)
             else:
-                adam(w1, g1, m1, v1, *args)
+                adam(w1, g1, m1, v1, coef)
             return w
         if weight_decay:
             self.axpy(weight_decay, w, g)

@@ -140,9 +140,18 @@ def activation_kernels(act):
     return _cache[key]
 
 
-def _adam(w, g, m, v, step, eps, beta1, beta2, one_minus_beta1, one_minus_beta2, weight_decay, keep, tiny):
-    # Every scalar arrives in the arrays' dtype, and np.sqrt keeps float32 as float32
-    # (math.sqrt and integer literals would promote to float64 and block SIMD).
+#: the order of the scalars in the ``coef`` vector of each update kernel
+ADAM_COEF = ("step", "eps", "beta1", "beta2", "1-beta1", "1-beta2", "weight_decay", "keep", "tiny")
+MOMENTUM_COEF = ("lr", "momentum", "weight_decay", "tiny")
+
+
+def _adam(w, g, m, v, coef):
+    # The scalars come in one vector of the arrays' dtype (ADAM_COEF): converting nine
+    # Python floats to NumPy scalars for every call cost more than a bias's whole update.
+    # np.sqrt keeps float32 as float32 (math.sqrt and float literals would promote to
+    # float64 and halve the SIMD width).
+    step, eps, beta1, beta2, one_minus_beta1, one_minus_beta2 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
+    weight_decay, keep, tiny = coef[6], coef[7], coef[8]
     # Moments below the smallest normal number are flushed to zero: the first moment of a
     # weight whose gradient stays zero (a dead ReLU, an always-black pixel) decays as 0.9^t
     # into subnormal numbers within a few epochs, and x86 computes on those a hundred
@@ -161,7 +170,8 @@ def _adam(w, g, m, v, step, eps, beta1, beta2, one_minus_beta1, one_minus_beta2,
         w[i] = keep * w[i] - step * mi / (np.sqrt(vi) + eps)
 
 
-def _sgd_momentum(w, g, v, lr, momentum, nesterov, weight_decay, tiny):
+def _sgd_momentum(w, g, v, coef, nesterov):
+    lr, momentum, weight_decay, tiny = coef[0], coef[1], coef[2], coef[3]     # MOMENTUM_COEF
     zero = tiny - tiny      # see _adam
     for i in range(w.shape[0]):
         gi = g[i] + weight_decay * w[i]
@@ -208,23 +218,23 @@ def _compile_omp_kernels():
     numba.config.THREADING_LAYER = "omp"    # read at Numba's first parallel launch only
     adam, sgd_momentum = optimizer_kernels()
 
-    def adam_blocks(w, g, m, v, *args):
+    def adam_blocks(w, g, m, v, coef):
         n, parts = w.shape[0], numba.get_num_threads()
         for p in numba.prange(parts):
             lo, hi = n * p // parts, n * (p + 1) // parts
-            adam(w[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], *args)
+            adam(w[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], coef)
 
-    def sgd_momentum_blocks(w, g, v, *args):
+    def sgd_momentum_blocks(w, g, v, coef, nesterov):
         n, parts = w.shape[0], numba.get_num_threads()
         for p in numba.prange(parts):
             lo, hi = n * p // parts, n * (p + 1) // parts
-            sgd_momentum(w[lo:hi], g[lo:hi], v[lo:hi], *args)
+            sgd_momentum(w[lo:hi], g[lo:hi], v[lo:hi], coef, nesterov)
 
     jit = numba.njit(parallel=True, nogil=True, cache=False, error_model="numpy")
     kernels = jit(adam_blocks), jit(sgd_momentum_blocks)
     try:
         one = np.ones(4, np.float32)
-        kernels[0](one, one.copy(), one.copy(), one.copy(), *[np.float32(0.5)] * 9)   # launches the threads
+        kernels[0](one, one.copy(), one.copy(), one.copy(), np.full(9, 0.5, np.float32))   # launches the threads
         if numba.threading_layer() != "omp":
             return None
     except (ValueError, ImportError, OSError):      # no OpenMP layer loads here
