@@ -378,7 +378,7 @@ def section_seed(args, res):
     plan = so.gemm_plan(s.sizes, n)
     fns_f["GEMM floor"] = so.floor_fn(plan, forward_only=True)
     fns_s["GEMM floor"] = so.floor_fn(plan)
-    reps = max(3, args.repeats // 2)     # a step is ~0.6 s: 5 samples of each library by default
+    reps = max(3, args.repeats)     # a step is ~0.7 s, and 5 samples could not tell a 5% difference here
     tf = interleaved(fns_f, repeats=reps, warmup=1, number=1, sync=sync)
     ts = interleaved(fns_s, repeats=reps, warmup=1, number=1, sync=sync)
     out["forward"], out["step"] = tf, ts

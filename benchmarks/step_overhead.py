@@ -9,7 +9,8 @@
 For each case this times densenn's step and, in the same run, the *GEMM floor*: the very
 same matrix products (shapes and transposes: forward ``z = x·wᵀ``, backward ``∇w = δᵀ·x``
 and the signal ``δ·w`` per layer, no signal below the first layer) called alone through
-``scipy.linalg.blas.sgemm`` into preallocated outputs. What the step takes beyond the floor
+the CPU engine's ``gemm`` (MKL when installed, else SciPy's OpenBLAS: the BLAS the step
+itself uses) into preallocated outputs. What the step takes beyond the floor
 (gather, bias + activation, derivative, Σ rows, cost, optimizer, Python) is printed as a
 share of the step; the performance guide's target is at most 15%.
 
@@ -68,19 +69,14 @@ def step_flops(sizes, batch) -> dict:
 
 
 # -- the GEMM floor --------------------------------------------------------------------------------
-def _sgemm_call(a, b, c, trans_a=False, trans_b=False):
-    """A zero-argument call of scipy's ?gemm computing c = op(a)·op(b) in place, as densenn maps it.
-
-    Row-major c (m, n) is the Fortran-ordered cᵀ; c = op(a)·op(b) is cᵀ = op(b)ᵀ·op(a)ᵀ.
-    """
-    from scipy.linalg import blas
-
-    fn = {np.dtype(np.float32): blas.sgemm, np.dtype(np.float64): blas.dgemm}[c.dtype]
-    ct = c.T
-    call = functools.partial(fn, 1.0, b.T, a.T, beta=0.0, c=ct, trans_a=int(trans_b), trans_b=int(trans_a),
-                             overwrite_c=1)
-    if call() is not ct:
-        raise RuntimeError(f"sgemm did not write in place into c {c.shape}")
+def _gemm_call(a, b, c, trans_a=False, trans_b=False):
+    """A zero-argument call computing c = op(a)·op(b) in place through the CPU engine's own gemm:
+    the BLAS densenn's step uses (MKL when installed, else SciPy's OpenBLAS), so that the
+    floor is what the step's products alone cost."""
+    gemm = dn.get_engine("cpu").gemm
+    call = functools.partial(gemm, 1.0, a, b, 0.0, c, trans_a=trans_a, trans_b=trans_b)
+    if call() is not c:
+        raise RuntimeError(f"gemm did not write in place into c {c.shape}")
     return call
 
 
@@ -89,7 +85,7 @@ def gemm_label(kind: str, m: int, n: int, k: int) -> str:
 
 
 def gemm_plan(sizes, batch, dtype=np.float32, seed=0):
-    """The step's GEMMs as zero-argument scipy calls on random operands, in the step's order.
+    """The step's GEMMs as zero-argument engine calls on random operands, in the step's order.
 
     Returns [(label, flops, call)]. Signals go into scratch buffers (not the layer inputs), so
     repeating the plan cannot blow the values up.
@@ -105,14 +101,14 @@ def gemm_plan(sizes, batch, dtype=np.float32, seed=0):
     plan = []
     for L in layers:
         plan.append((gemm_label("fwd", batch, L.n_out, L.n_in), 2.0 * batch * L.n_in * L.n_out,
-                     _sgemm_call(L.x, L.w, L.z, trans_b=True)))
+                     _gemm_call(L.x, L.w, L.z, trans_b=True)))
     for i in range(len(layers) - 1, -1, -1):
         L = layers[i]
         plan.append((gemm_label("dw", L.n_out, L.n_in, batch), 2.0 * batch * L.n_in * L.n_out,
-                     _sgemm_call(L.z, L.x, L.dw, trans_a=True)))
+                     _gemm_call(L.z, L.x, L.dw, trans_a=True)))
         if i > 0:
             plan.append((gemm_label("sig", batch, L.n_in, L.n_out), 2.0 * batch * L.n_in * L.n_out,
-                         _sgemm_call(L.z, L.w, L.sig)))
+                         _gemm_call(L.z, L.w, L.sig)))
     return plan
 
 

@@ -119,7 +119,7 @@ class DenseTraining:
         return self.engine.gemm(1.0, self.x, self.w, 0.0, self.z, trans_b=True)
 
     def backward(self, propagate: bool = True, delta_ready: bool = False, db_ready: bool = False,
-                 update=None, signal=None):
+                 update=None, signal=None, grad=None):
         """Gradients from the signal in ``a`` (∂C/∂a, written there by the layer above or the cost).
 
         Overwrites ``z`` with delta = f'(z) ∘ a (skipped when ``delta_ready``:
@@ -131,12 +131,13 @@ class DenseTraining:
         ``update=(alpha, beta)`` folds a plain SGD step into the ∇w GEMM:
         w ← beta·w + alpha·deltaᵀ·x and b ← b + alpha·db, in place, with no ∇w
         written and no separate update pass over w (``dw`` is left alone). The
-        update reads x and the signal needs the old w, so the signal goes first
-        into ``signal`` (scratch of x's shape) and is copied into x afterwards.
+        update reads x and the signal needs the old w, so the signal goes into
+        ``signal`` (scratch of x's shape) instead of x, and the layer below reads
+        it from there: its ``grad`` (∂C/∂a when not in ``a``; may be overwritten).
         """
         e = self.engine
         if not delta_ready:
-            self.activ_fn.delta(self.z, self.a)
+            self.activ_fn.delta(self.z, self.a if grad is None else grad)
         if not db_ready:
             e.sum_rows(self.z, self.db)
         if update is None:
@@ -152,8 +153,6 @@ class DenseTraining:
             e.gemm(1.0, self.z, self.w, 0.0, signal)
         e.gemm(alpha, self.z, self.x, beta, self.w, trans_a=True)
         e.axpy(alpha, self.db, self.b)
-        if propagate:
-            e.copy(signal, self.x)
 
     # -- partial batches --------------------------------------------------------
     def rows(self, n: int) -> "DenseTraining":

@@ -207,11 +207,14 @@ class TrainingNetwork:
                 e.diff(last.a, y, last.z, 1.0 / n)
             else:
                 e.cost_gradient(self.cost, last.a, y, last.a, 1.0 / n, work)
+        # a folded update leaves each signal in scratch, where the layer below reads it; the
+        # views of one buffer can share it, as each layer's delta has read the signal from
+        # above before its own GEMM writes the next one
         signals = self.signals(n) if update is not None else [None] * len(layers)
         last.backward(propagate=len(layers) > 1, delta_ready=self.fused, db_ready=head,
                       update=update, signal=signals[-1])
         for i in range(len(layers) - 2, -1, -1):
-            layers[i].backward(propagate=i > 0, update=update, signal=signals[i])
+            layers[i].backward(propagate=i > 0, update=update, signal=signals[i], grad=signals[i + 1])
 
     def step(self, n: int, optimizer, epoch: float, with_labels: bool):
         """One training step on the first n rows of the loaded batch.
