@@ -53,6 +53,15 @@ class Activation:
     c_prime: str = ""
     py_activ = None   # scalar f(z, p) for the Numba kernels; None for softmax
     py_prime = None
+    #: for an f' built on a transcendental function (tanh, sigmoid), the delta in two parts:
+    #: ``np_delta_head(z)``, NumPy's SIMD pass(es) z → t in place, then ``py_delta_tail(t, g, p)``,
+    #: the arithmetic that gives f'(z)·g from t, which a fused kernel does in one more pass
+    #: (NumPy would need three); None where there is no such split
+    py_delta_tail = None
+
+    def np_delta_head(self, z):
+        """z = t, the transcendental part of f'(z) (see ``py_delta_tail``). Overwrites z."""
+        raise NotImplementedError  # only where py_delta_tail is given
 
     # -- the NumPy kernels; subclasses override --------------------------
     def np_activ(self, z, a, work=None):
@@ -119,12 +128,19 @@ class Sigmoid(Activation):
 
     def np_prime(self, z, work=None):
         # σ'(z) = σ(1-σ) = (1 - tanh²(z/2)) / 4: needs no second buffer.
-        np.multiply(z, 0.5, out=z)
-        np.tanh(z, out=z)
+        self.np_delta_head(z)
         np.square(z, out=z)
         np.subtract(1.0, z, out=z)
         np.multiply(z, 0.25, out=z)
         return z
+
+    def np_delta_head(self, z):
+        np.multiply(z, 0.5, out=z)
+        return np.tanh(z, out=z)
+
+    @staticmethod
+    def py_delta_tail(t, g, p):
+        return 0.25 * (g - t * t * g)       # σ'(z)·g with t = tanh(z/2)
 
 
 class Tanh(Activation):
@@ -150,6 +166,13 @@ class Tanh(Activation):
         np.square(z, out=z)
         np.subtract(1.0, z, out=z)
         return z
+
+    def np_delta_head(self, z):
+        return np.tanh(z, out=z)
+
+    @staticmethod
+    def py_delta_tail(t, g, p):
+        return g - t * t * g        # (1 - t²)·g with no float literal: float32 stays float32
 
 
 class ReLU(Activation):

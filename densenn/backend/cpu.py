@@ -212,6 +212,9 @@ class CPUEngine:
     def _delta(self, act, z, a, work):
         if self._fuses(act, z, a):
             cpu_fused.activation_kernels(act)[1](z, a, z.dtype.type(act.param))
+        elif self.fused and act.py_delta_tail is not None and z.flags.c_contiguous and a.flags.c_contiguous:
+            act.np_delta_head(z)
+            cpu_fused.delta_tail_kernel(act)(z, a, z.dtype.type(act.param))
         else:
             act.np_delta(z, a, work)
 

@@ -8,7 +8,8 @@ uses them, and are an optimisation only: ``CPUEngine(fused=False)`` (engine name
 
 Only activations without transcendental functions are fused: NumPy's own SIMD
 ``tanh``/``exp`` beat a scalar loop calling libm, so sigmoid, tanh, softplus and
-ELU stay on the NumPy kernels.
+ELU stay on the NumPy kernels. The delta of tanh and sigmoid is split: NumPy's
+``tanh`` pass, then one fused pass for the arithmetic around it.
 """
 from __future__ import annotations
 
@@ -143,6 +144,22 @@ def activation_kernels(act):
 #: the order of the scalars in the ``coef`` vector of each update kernel
 ADAM_COEF = ("step", "eps", "beta1", "beta2", "1-beta1", "1-beta2", "weight_decay", "keep", "tiny")
 MOMENTUM_COEF = ("lr", "momentum", "weight_decay", "tiny")
+
+
+def delta_tail_kernel(act):
+    """z = act.py_delta_tail(z, g, p) over a 2-D z and g: the second part of a split delta."""
+    key = (type(act), "tail")
+    if key not in _cache:
+        tail = _njit(act.py_delta_tail)
+
+        def kernel(z, g, p):
+            n, m = z.shape
+            for i in range(n):
+                for j in range(m):
+                    z[i, j] = tail(z[i, j], g[i, j], p)
+
+        _cache[key] = _njit(kernel)
+    return _cache[key]
 
 
 def _adam(w, g, m, v, coef):
