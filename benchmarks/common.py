@@ -282,7 +282,7 @@ def limit_threads(n: int):
     """
     ctl = None
     from densenn.backend import get_engine
-    get_engine("cpu")       # loads MKL when densenn uses it, so that its pool is limited too
+    get_engine("cpu").set_threads(n)    # also loads MKL when densenn uses it, so that its pool is limited too
     try:
         from threadpoolctl import threadpool_limits
         ctl = threadpool_limits(limits=n)

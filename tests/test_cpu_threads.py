@@ -134,3 +134,20 @@ def test_training_with_split_passes_equals_training_without(split_everything):
     for (w, b), (rw, rb) in zip(*weights):
         np.testing.assert_allclose(w, rw, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(b, rb, rtol=1e-12, atol=1e-14)
+
+
+def test_thread_count_from_the_argument_or_the_environment(monkeypatch):
+    monkeypatch.delenv("DENSENN_THREADS", raising=False)
+    assert CPUEngine().threads == cpu_threads.usable_cores()
+    assert CPUEngine(threads=3).threads == 3
+    monkeypatch.setenv("DENSENN_THREADS", "1")
+    e = CPUEngine()
+    assert e.threads == 1 and "threads=1" in repr(e)
+    e.set_threads(4)
+    assert e.threads == 4
+    for bad in ("two", "0", "-1"):
+        monkeypatch.setenv("DENSENN_THREADS", bad)
+        with pytest.raises(dn.DensennError, match=r"\$DENSENN_THREADS must be a positive integer"):
+            CPUEngine()
+    with pytest.raises(dn.DensennError, match="threads must be a positive integer"):
+        CPUEngine(threads=0)

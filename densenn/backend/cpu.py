@@ -14,7 +14,7 @@ import numpy as np
 from scipy.linalg import blas
 
 from densenn.backend import cpu_fused, cpu_mkl, cpu_threads
-from densenn.errors import DensennError
+from densenn.errors import DensennError, check_positive_int
 
 _GEMM = {np.dtype(np.float32): blas.sgemm, np.dtype(np.float64): blas.dgemm}
 _AXPY = {np.dtype(np.float32): blas.saxpy, np.dtype(np.float64): blas.daxpy}
@@ -36,14 +36,16 @@ class CPUEngine:
     Numba kernels (see ``cpu_fused``); ``fused=False`` is the pure NumPy path.
     ``blas`` picks the GEMM: ``"auto"`` (default, or ``$DENSENN_BLAS``) uses
     Intel MKL when it is installed (see ``cpu_mkl``), ``"openblas"`` SciPy's
-    BLAS, ``"mkl"`` insists on MKL.
+    BLAS, ``"mkl"`` insists on MKL. ``threads`` (default ``$DENSENN_THREADS``,
+    else every usable core) is how many row blocks a large elementwise pass is
+    split into (see ``cpu_threads``); the BLAS keeps its own thread count.
     """
 
     name = "cpu"
     #: labels and batch indices are NumPy's native index type: take/argmax then copy nothing
     index_dtype = np.dtype(np.intp)
 
-    def __init__(self, fused: bool | None = None, blas: str | None = None):
+    def __init__(self, fused: bool | None = None, blas: str | None = None, threads: int | None = None):
         if fused is None:
             fused = cpu_fused.AVAILABLE and os.environ.get("DENSENN_NUMBA", "1") != "0"
         if fused and not cpu_fused.AVAILABLE:
@@ -53,12 +55,27 @@ class CPUEngine:
         self.blas = "mkl" if self._mkl is not None else "openblas"
         self.uploads = 0  # host→engine copies, counted like the device engines do
         # large elementwise passes run in row blocks on every core (see cpu_threads)
-        self._blocks = cpu_threads.RowBlocks()
+        self.set_threads(threads)
         self._ones: dict = {}  # dtype -> a vector of ones, grown to the largest batch seen
         self._coefs: dict = {}  # (dtype, n) -> the scalars of an update kernel (see _coef)
 
+    def set_threads(self, threads: int | None = None) -> None:
+        """Split large elementwise passes into ``threads`` row blocks (None: ``$DENSENN_THREADS``,
+        else every usable core; 1 keeps them on the calling thread)."""
+        name = "threads"
+        if threads is None:
+            name, env = "$DENSENN_THREADS", os.environ.get("DENSENN_THREADS", "").strip()
+            if env and not env.isdigit():
+                raise DensennError(f"$DENSENN_THREADS must be a positive integer, got {env!r}")
+            threads = int(env) if env else cpu_threads.usable_cores()
+        self._blocks = cpu_threads.RowBlocks(check_positive_int(name, threads))
+
+    @property
+    def threads(self) -> int:
+        return self._blocks.threads
+
     def __repr__(self):
-        return f"CPUEngine(fused={self.fused}, blas={self.blas!r})"
+        return f"CPUEngine(fused={self.fused}, blas={self.blas!r}, threads={self._blocks.threads})"
 
     def _fuses(self, act, *arrays) -> bool:
         return self.fused and act.name in cpu_fused.FUSED_ACTIVATIONS and \

@@ -66,7 +66,9 @@ class RowBlocks:
     """
 
     def __init__(self, threads: int | None = None):
-        self.threads = max(1, usable_cores() if threads is None else int(threads))
+        self.threads = usable_cores() if threads is None else int(threads)
+        if self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
         self._workers: list[_Worker] = []
 
     def splits(self, x) -> bool:
