@@ -176,11 +176,10 @@ class TrainingNetwork:
     def signals(self, n: int) -> list:
         """Per layer, the (n, n_in) scratch its folded update writes its signal into (None for the first)."""
         if n not in self._signal_views:
-            if self.signal is None:
-                self.signal = self.engine.empty((self.batch * max(l.inference.n_in for l in self.layers),),
-                                                self.net.dtype)
-            self._signal_views[n] = [None] + [self.signal[:n * l.inference.n_in].reshape(n, l.inference.n_in)
-                                              for l in self.layers[1:]]
+            widths = [layer.inference.n_in for layer in self.layers[1:]]    # no signal below the first layer
+            if self.signal is None and widths:
+                self.signal = self.engine.empty((self.batch * max(widths),), self.net.dtype)
+            self._signal_views[n] = [None] + [self.signal[:n * k].reshape(n, k) for k in widths]
         return self._signal_views[n]
 
     def forward_backward(self, n: int, with_labels: bool, update=None):

@@ -288,7 +288,7 @@ class CPUEngine:
 
     def _omp_updates(self, w):
         """The OpenMP update kernels for a large enough w when MKL runs on GNU OpenMP, else None."""
-        if w.size < cpu_fused.OMP_MIN or self._mkl is None or self._mkl.threading != "gnu":
+        if w.size < cpu_fused.OMP_MIN or self.threads == 1 or self._mkl is None or self._mkl.threading != "gnu":
             return None
         return cpu_fused.omp_optimizer_kernels()
 
