@@ -249,7 +249,7 @@ def _shape(x):
 def _op_label(name, args, kw):
     try:
         if name == "gemm":
-            a, b, c = args[1], args[2], args[4]
+            a, c = args[1], args[4]
             ta = kw.get("trans_a", args[5] if len(args) > 5 else False)
             tb = kw.get("trans_b", args[6] if len(args) > 6 else False)
             k = a.shape[0] if ta else a.shape[1]
