@@ -151,3 +151,35 @@ def test_thread_count_from_the_argument_or_the_environment(monkeypatch):
             CPUEngine()
     with pytest.raises(dn.DensennError, match="threads must be a positive integer"):
         CPUEngine(threads=0)
+
+
+def _train_and_report(queue):
+    # GEMMs of 256×256×256: large enough for MKL to run them on its OpenMP threads
+    r = np.random.default_rng(3)
+    x, y = r.normal(size=(512, 256)), r.integers(0, 3, 512)
+    net = dn.Network(256, [dn.Dense(256, "tanh"), dn.Dense(3, "softmax")], dtype="float64")
+    net.fit(x, y, epochs=2, batch_size=256, optimizer=dn.Adam(0.01), progress=False)
+    queue.put(net.get_weights()[0][0].sum())
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork() on this platform")
+def test_a_forked_child_trains_after_the_parent_used_every_thread_pool(split_everything, monkeypatch):
+    """multiprocessing's "fork" children inherit none of the parent's threads: the row-block
+    workers, Numba's and MKL's OpenMP threads. A child that trained after the parent had used
+    them waited for them forever; now it recreates or does without them."""
+    import multiprocessing
+
+    from densenn.backend import cpu_fused
+
+    monkeypatch.setattr(cpu_fused, "OMP_MIN", 1)        # the OpenMP updates run for any size
+    queue = multiprocessing.get_context("fork").SimpleQueue()
+    _train_and_report(queue)                            # the parent starts every pool it has
+    expected = queue.get()
+    child = multiprocessing.get_context("fork").Process(target=_train_and_report, args=(queue,))
+    child.start()
+    child.join(90)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung in its first training step")
+    assert child.exitcode == 0
+    assert queue.get() == pytest.approx(expected, rel=1e-12)

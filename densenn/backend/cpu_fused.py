@@ -14,6 +14,7 @@ ELU stay on the NumPy kernels. The delta of tanh and sigmoid is split: NumPy's
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -226,6 +227,10 @@ def omp_optimizer_kernels():
     """
     if "omp" not in _cache:
         _cache["omp"] = _compile_omp_kernels()
+        if _cache["omp"] is not None and hasattr(os, "register_at_fork"):
+            # GNU OpenMP cannot start threads in a forked child (it waits for the parent's):
+            # children update on one thread
+            os.register_at_fork(after_in_child=lambda: _cache.__setitem__("omp", None))
     return _cache["omp"]
 
 

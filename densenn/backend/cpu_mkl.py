@@ -180,6 +180,15 @@ class MKLGemm:
         version = ctypes.create_string_buffer(256)
         lib.mkl_get_version_string(version, 256)
         self.version = version.value.decode(errors="replace").strip()
+        self._set_threads = lib.MKL_Set_Num_Threads
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self):
+        # A forked child has none of the parent's OpenMP worker threads, and GNU OpenMP
+        # waits for them forever at the next parallel region: the child's GEMMs run on
+        # one thread instead (multiprocessing's "fork" children trained and then hung).
+        self._set_threads(1)
 
     @staticmethod
     def rows_contiguous(x) -> bool:

@@ -70,6 +70,7 @@ class RowBlocks:
         if self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self._workers: list[_Worker] = []
+        self._pid = os.getpid()
 
     def splits(self, x) -> bool:
         """Whether a pass over ``x`` is worth splitting: large, and more than one core here."""
@@ -78,6 +79,8 @@ class RowBlocks:
     def run(self, fn, n: int) -> None:
         """fn(lo, hi) for blocks covering range(n), side by side; returns when all are done."""
         parts = max(1, min(self.threads, n))
+        if self._pid != os.getpid():    # a forked child: the parent's workers do not exist here
+            self._workers, self._pid = [], os.getpid()
         while len(self._workers) < parts - 1:
             self._workers.append(_Worker())
         bounds = [n * i // parts for i in range(parts + 1)]
