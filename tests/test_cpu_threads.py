@@ -72,6 +72,51 @@ def test_an_error_in_a_worker_block_reaches_the_caller_after_every_block():
     assert sorted(done) == [0, 3, 6]
 
 
+def test_an_interrupt_is_raised_only_after_every_block_has_finished(monkeypatch):
+    """Ctrl-C during a split pass (in the caller's own block, or while it waits for a worker)
+    must not leave a worker's block running into the next call."""
+    import time
+
+    blocks = cpu_threads.RowBlocks(threads=2)
+    finished = []
+
+    def interrupted_here(lo, hi):
+        if lo == 0:                      # the worker's block
+            time.sleep(0.2)
+            finished.append(lo)
+        else:                            # the caller's block
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        blocks.run(interrupted_here, 4)
+    assert finished == [0]
+
+    worker = blocks._workers[0]
+    take = worker._done.acquire
+    calls = []
+
+    def interrupted_while_waiting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return take(*args, **kwargs)
+
+    monkeypatch.setattr(worker._done, "acquire", interrupted_while_waiting)
+    finished.clear()
+
+    def slow_worker_block(lo, hi):
+        if lo == 0:
+            time.sleep(0.2)
+            finished.append(lo)
+
+    with pytest.raises(KeyboardInterrupt):
+        blocks.run(slow_worker_block, 4)
+    assert finished == [0]
+    seen = []
+    blocks.run(lambda lo, hi: seen.append(lo), 4)     # the next call pairs up with its own blocks
+    assert sorted(seen) == [0, 2]
+
+
 @pytest.mark.parametrize("fused", FUSED)
 @pytest.mark.parametrize("name", ["relu", "tanh", "sigmoid", "softplus", "elu", "softmax"])
 def test_split_activation_passes_equal_one_call(split_everything, fused, name):

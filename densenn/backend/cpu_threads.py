@@ -34,6 +34,7 @@ class _Worker:
         self._done = threading.Semaphore(0)
         self._job = None
         self.error: BaseException | None = None
+        self.started = self.finished = 0        # jobs handed over / jobs done
         threading.Thread(target=self._loop, name="densenn-rows", daemon=True).start()
 
     def _loop(self):
@@ -45,16 +46,31 @@ class _Worker:
             except BaseException as exc:   # handed to the caller by wait()
                 self.error = exc
             finally:
-                self._job = None
+                self.finished += 1
                 self._done.release()
 
     def start(self, fn, lo, hi):
         self._job = (fn, lo, hi)
         self._go.release()
+        self.started += 1
 
     def wait(self):
-        self._done.acquire()
+        """Block until the job handed over has finished; return its error, if it raised.
+
+        A Ctrl-C while waiting is held back until then and raised afterwards: a block
+        still running when the call returned would race the next call for its arrays.
+        The counters, not the semaphore, say when the job is done, so an interrupt
+        landing just after the semaphore was taken cannot leave the wait hanging.
+        """
+        interrupted = None
+        while self.finished < self.started:
+            try:
+                self._done.acquire(timeout=0.05)
+            except BaseException as exc:
+                interrupted = exc
         error, self.error = self.error, None
+        if interrupted is not None:
+            raise interrupted
         return error
 
 
@@ -92,6 +108,9 @@ class RowBlocks:
         except BaseException as exc:
             error = exc
         for worker in self._workers[:parts - 1]:     # every block finishes before anything returns
-            error = worker.wait() or error
+            try:
+                error = worker.wait() or error
+            except BaseException as exc:              # an interrupt, raised once all are done
+                error = exc
         if error is not None:
             raise error
