@@ -6,7 +6,7 @@ take a twentieth of the step on one core while the others idle. Both release
 the GIL, and rows are independent, so plain Python threads can run row blocks
 of one pass side by side; row views allocate no array memory.
 
-Small passes stay on the calling thread: waking a worker costs ~20 µs, and
+Small passes stay on the calling thread: handing a block over costs ~30 µs, and
 right after a GEMM the BLAS threads still spin on the other cores for a moment,
 so splitting a pass of MNIST's size (128×256) made the step slower.
 """
