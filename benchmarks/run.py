@@ -659,7 +659,7 @@ def memory_child(lib: str, case: str, seed_size: int, threads: int) -> dict:
         if case == "mlp":
             # what training adds: the trainer's buffers, optimizer state, whatever the steps take
             opt = dn.SGD(MLP_LR)
-            tn = net.trainer(128, "crossentropy")
+            tn = net.trainer(128, "crossentropy", gradients=not opt.folds_into_gemm)     # as fit makes it
             opt.bind(net.engine, tn.params, net.dtype)
             e = net.engine
             xs, ys, ls = e.to_engine(x, net.dtype), e.to_engine(y), e.to_engine(labels.astype(tn.labels.dtype))

@@ -137,7 +137,7 @@ def build_mlp(sizes, acts, batch, optimizer, engine="cpu", n_data=16384, seed=0,
     labels = rng.integers(0, sizes[-1], n_data)
     y = np.zeros((n_data, sizes[-1]), np.float32)
     y[np.arange(n_data), labels] = 1.0
-    tn = net.trainer(batch, cost)
+    tn = net.trainer(batch, cost, gradients=not optimizer.folds_into_gemm)     # as fit makes it
     optimizer.bind(e, tn.params, dt)
     # labels and indices in the integer types the trainer's own buffers use (as fit does)
     lab_dt, idx_dt = np.dtype(tn.labels.dtype), np.dtype(tn.idx.dtype)

@@ -84,7 +84,7 @@ class DenseTraining:
     n_out)``), the gradients ``dw``, ``db``, and its activation's working memory.
     """
 
-    def __init__(self, inference: DenseInference, x, batch: int | None = None):
+    def __init__(self, inference: DenseInference, x, batch: int | None = None, gradients: bool = True):
         engine = inference.engine
         batch = x.shape[0] if batch is None else check_positive_int("batch_size", batch)
         if tuple(x.shape) != (batch, inference.n_in):
@@ -97,15 +97,16 @@ class DenseTraining:
         dtype = inference.dtype
         self.z = engine.empty((batch, inference.n_out), dtype)
         self.a = engine.empty((batch, inference.n_out), dtype)
-        self.dw = engine.zeros(inference.w.shape, dtype)
+        # no ∇w buffer for a layer whose updates are folded into its GEMM (plain SGD)
+        self.dw = engine.zeros(inference.w.shape, dtype) if gradients else None
         self.db = engine.zeros(inference.b.shape, dtype)
         self.activ_fn = ActivationFn.for_layer(inference.activation, engine, batch, inference.n_out, dtype)
         self._owner = True
 
     @classmethod
-    def after(cls, inference: DenseInference, previous: "DenseTraining") -> "DenseTraining":
+    def after(cls, inference: DenseInference, previous: "DenseTraining", gradients: bool = True) -> "DenseTraining":
         """The layer that reads ``previous.a`` (the seed's two-argument ``training-layer``)."""
-        return cls(inference, previous.a, previous.batch)
+        return cls(inference, previous.a, previous.batch, gradients)
 
     # -- the two passes ------------------------------------------------------
     def forward(self):
@@ -141,6 +142,9 @@ class DenseTraining:
         if not db_ready:
             e.sum_rows(self.z, self.db)
         if update is None:
+            if self.dw is None:
+                raise DensennError("this training layer keeps no ∇w (it was made for folded SGD updates); "
+                                   "make it with gradients=True")
             e.gemm(1.0, self.z, self.x, 0.0, self.dw, trans_a=True)
             if propagate:
                 e.gemm(1.0, self.z, self.w, 0.0, self.x)

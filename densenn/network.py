@@ -110,7 +110,7 @@ class TrainingNetwork:
     Σ correct] accumulated on the engine until read.
     """
 
-    def __init__(self, net: "Network", batch: int, cost):
+    def __init__(self, net: "Network", batch: int, cost, gradients: bool = True):
         e = self.engine = net.engine
         self.net = net
         self.batch = check_positive_int("batch_size", batch)
@@ -126,7 +126,8 @@ class TrainingNetwork:
         self.layers: list[DenseTraining] = []
         previous = None
         for inference in net.layers:
-            layer = DenseTraining(inference, self.x) if previous is None else DenseTraining.after(inference, previous)
+            layer = DenseTraining(inference, self.x, batch, gradients) if previous is None \
+                else DenseTraining.after(inference, previous, gradients)
             self.layers.append(layer)
             previous = layer
         last = net.layers[-1].activation.name
@@ -135,6 +136,7 @@ class TrainingNetwork:
         # softmax + cross-entropy against class labels: one kernel where the engine has it
         self.head = self.fused and last == "softmax" and bool(getattr(e, "fuses_softmax_crossentropy", False))
         self.params = [p for layer in self.layers for p in (layer.w, layer.b)]
+        self.gradients = bool(gradients)    # whether the layers keep ∇w (see DenseTraining)
         self.grads = [g for layer in self.layers for g in (layer.dw, layer.db)]
         self.decays = [True, False] * len(self.layers)
         self._views = {batch: self._buffers()}
@@ -424,14 +426,17 @@ class Network:
         return confusion_matrix(labels, self.predict_classes(x), max(self.n_out, 2))
 
     # -- training -----------------------------------------------------------------------
-    def trainer(self, batch_size: int, cost) -> TrainingNetwork:
-        """The training network for this batch size and cost (reused while they stay the same)."""
+    def trainer(self, batch_size: int, cost, gradients: bool = True) -> TrainingNetwork:
+        """The training network for this batch size and cost (reused while they stay the same).
+
+        ``gradients=False`` (for an optimizer whose updates fold into the GEMMs, plain SGD)
+        needs no ∇w buffers; a trainer that has them serves that too."""
         cost = get_cost(cost)
         t = self._trainer
-        if t is None or t.batch != batch_size or type(t.cost) is not type(cost):
+        if t is None or t.batch != batch_size or type(t.cost) is not type(cost) or (gradients and not t.gradients):
             if t is not None:
                 t.release()
-            self._trainer = TrainingNetwork(self, batch_size, cost)
+            self._trainer = TrainingNetwork(self, batch_size, cost, gradients)
         return self._trainer
 
     def fit(self, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=None, **kwargs):

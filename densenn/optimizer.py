@@ -182,6 +182,10 @@ class Optimizer:
     def _update(self, i, p, g, lr, weight_decay):
         raise NotImplementedError  # abstract
 
+    #: whether every step's update folds into the ∇w GEMMs (``gemm_update`` gives a pair),
+    #: so that training needs no ∇w buffers
+    folds_into_gemm = False
+
     def gemm_update(self, epoch: float = 0.0):
         """``(alpha, beta)`` when this step's update is w ← beta·w + alpha·∇w for every
         weight and b ← b + alpha·∇b for every bias, else None.
@@ -214,6 +218,10 @@ class SGD(Optimizer):
 
     def slots(self):
         return 1 if self.momentum else 0
+
+    @property
+    def folds_into_gemm(self):
+        return not self.momentum
 
     def gemm_update(self, epoch: float = 0.0):
         # plain SGD with L2 decay: w - lr·(∇w + λ·w) = (1 - lr·λ)·w - lr·∇w

@@ -130,7 +130,7 @@ def fit(net, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=
         val = (xv, validation_data[1])
 
     e, dt = net.engine, net.dtype
-    tn = net.trainer(batch_size, cost)
+    tn = net.trainer(batch_size, cost, gradients=not optimizer.folds_into_gemm)
     optimizer.bind(e, tn.params, dt)
     net.optimizer = optimizer
     if optimizer.schedule.total_epochs is None:     # a decay with no horizon given spans this fit

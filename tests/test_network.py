@@ -132,6 +132,8 @@ def test_one_epoch_equals_three_manual_sgd_steps():
 class UnfoldedSGD(dn.SGD):
     """Plain SGD that updates from the gradients afterwards, as every other optimizer does."""
 
+    folds_into_gemm = False
+
     def gemm_update(self, epoch=0.0):
         return None
 
@@ -154,9 +156,10 @@ def test_plain_sgd_folded_into_the_gemms_equals_the_update_from_gradients(engine
         opts.append(opt)
     folded, unfolded = nets
     assert opts[0].t == opts[1].t == 12                 # 4 steps per epoch, the last of 3 rows
-    # the folded run never wrote a ∇w: that path was taken
-    assert all(not engine.to_host(layer.dw).any() for layer in folded._trainer.layers)
+    # the folded run has no ∇w buffers at all: that path was taken, and they cost nothing
+    assert all(layer.dw is None for layer in folded._trainer.layers)
     assert all(engine.to_host(layer.dw).any() for layer in unfolded._trainer.layers)
+    assert folded.nbytes()["gradients"] < unfolded.nbytes()["gradients"]
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else dict(rtol=1e-4, atol=1e-5)
     for (w, b), (rw, rb), (w0, _) in zip(folded.get_weights(), unfolded.get_weights(),
                                          dn.Network(5, folded.specs, dtype=dtype, seed=1).get_weights()):
@@ -169,8 +172,26 @@ def test_plain_sgd_folded_into_the_gemms_equals_the_update_from_gradients(engine
 def test_momentum_is_not_folded():
     assert dn.SGD(0.1, momentum=0.9).gemm_update(0.0) is None
     assert dn.Adam().gemm_update(0.0) is None
+    assert dn.SGD(0.1).folds_into_gemm and not dn.SGD(0.1, momentum=0.5).folds_into_gemm
+    assert not dn.Adam().folds_into_gemm
     opt = dn.SGD(0.1, weight_decay=0.5)
     assert opt.gemm_update(0.0) == (-0.1, 1.0 - 0.1 * 0.5) and opt.t == 1
+
+
+def test_switching_from_folded_sgd_to_adam_gives_the_trainer_its_gradients():
+    x, y = small_problem(n=12)
+    net = small_net()
+    net.fit(x, y, epochs=1, batch_size=4, optimizer=dn.SGD(0.1), progress=False)
+    assert not net._trainer.gradients and net._trainer.layers[0].dw is None
+    net.fit(x, y, epochs=1, batch_size=4, optimizer=dn.Adam(0.01), progress=False)
+    assert net._trainer.gradients and net._trainer.layers[0].dw is not None
+    grads_trainer = net._trainer
+    net.fit(x, y, epochs=1, batch_size=4, optimizer=dn.SGD(0.1), progress=False)
+    assert net._trainer is grads_trainer          # one with gradients serves folded SGD too
+    layer = net._trainer.layers[0]
+    without = dn.DenseTraining(net.layers[0], net._trainer.x, gradients=False)
+    with pytest.raises(dn.DensennError, match="keeps no ∇w"):
+        without.backward(propagate=False)
 
 
 def test_batch_larger_than_the_data_is_one_step():
