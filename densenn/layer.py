@@ -81,7 +81,9 @@ class DenseTraining:
 
     ``x`` is the input buffer: the network's batch for the first layer, the
     previous layer's ``a`` otherwise. The layer owns ``z`` and ``a`` (``(batch,
-    n_out)``), the gradients ``dw``, ``db``, and its activation's working memory.
+    n_out)``), the gradients ``dw``, ``db``, and its activation's working memory;
+    with ``gradients=False`` it has no ``dw`` (for plain SGD, whose update is
+    folded into the ∇w GEMM: see ``backward``).
     """
 
     def __init__(self, inference: DenseInference, x, batch: int | None = None, gradients: bool = True):
