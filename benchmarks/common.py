@@ -121,6 +121,9 @@ def interleaved(fns: dict, repeats: int = 7, warmup: int = 2, number: int | None
 
 
 # -- the machine -------------------------------------------------------------------------
+# Every fact below is optional: one this platform cannot give (no /proc, no affinity, no
+# torch, an older library without the call) is left out of run.json, hence the bare
+# ``except ...: pass`` lines; none of them stands for unfinished work.
 def _cpu_info() -> dict:
     out = {"model": platform.processor() or platform.machine(), "logical_cpus": os.cpu_count()}
     try:

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from densenn.backend.cpu_threads import usable_cores
 from densenn.errors import DensennError
 
 PROG = "densenn"
@@ -636,8 +637,7 @@ def collect_info() -> dict:
                  "tqdm", "pyopencl", "pyclblast", "cupy-cuda12x"):
         info.setdefault("packages", {})[name] = _guard(lambda name=name: _version(name))
     info["cpu_count"] = _guard(os.cpu_count)
-    info["usable_cpus"] = _guard(lambda: len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                 else os.cpu_count())
+    info["usable_cpus"] = _guard(usable_cores)
     blas = _guard(_blas_info)
     info["blas"] = blas
     info["threads"] = _guard(lambda: _threads_info(blas if isinstance(blas, dict) else {}))

@@ -136,7 +136,6 @@ class TrainingNetwork:
         # softmax + cross-entropy against class labels: one kernel where the engine has it
         self.head = self.fused and last == "softmax" and bool(getattr(e, "fuses_softmax_crossentropy", False))
         self.params = [p for layer in self.layers for p in (layer.w, layer.b)]
-        self.gradients = bool(gradients)    # whether the layers keep ∇w (see DenseTraining)
         self.grads = [g for layer in self.layers for g in (layer.dw, layer.db)]
         self.decays = [True, False] * len(self.layers)
         self._views = {batch: self._buffers()}
@@ -144,6 +143,7 @@ class TrainingNetwork:
         # the first such step: one flat buffer viewed per layer and batch size
         self.signal = None
         self._signal_views: dict = {}
+        self._no_signals = [None] * len(self.layers)    # the unfolded step's: no list made per step
 
     def _buffers(self, n: int | None = None):
         if n is None:
@@ -174,6 +174,11 @@ class TrainingNetwork:
         if labels is not None:
             self.engine.take_rows(labels, idx_e, lab)
         return n
+
+    @property
+    def gradients(self) -> bool:
+        """Whether the layers keep ∇w buffers (not for folded SGD; see DenseTraining)."""
+        return all(layer.dw is not None for layer in self.layers)
 
     def signals(self, n: int) -> list:
         """Per layer, the (n, n_in) scratch its folded update writes its signal into (None for the first)."""
@@ -211,7 +216,7 @@ class TrainingNetwork:
         # a folded update leaves each signal in scratch, where the layer below reads it; the
         # views of one buffer can share it, as each layer's delta has read the signal from
         # above before its own GEMM writes the next one
-        signals = self.signals(n) if update is not None else [None] * len(layers)
+        signals = self.signals(n) if update is not None else self._no_signals
         last.backward(propagate=len(layers) > 1, delta_ready=self.fused, db_ready=head,
                       update=update, signal=signals[-1])
         for i in range(len(layers) - 2, -1, -1):

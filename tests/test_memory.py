@@ -57,17 +57,8 @@ ENGINE_METHODS = ("upload", "take_rows", "gemm", "add_bias", "sum_rows", "axpy",
                   "count_correct", "sgd_update", "adam_update")
 
 
-@pytest.fixture(autouse=True)
-def one_blas_thread():
-    """One BLAS thread: these tests measure memory, and OpenBLAS's spinning threads make steps
-    ~20× slower on a busy 2-core machine."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+# these tests measure memory; one BLAS thread keeps their steps quick (see conftest)
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def make_training(engine, optimizer, widths, batch, acts=("relu", "relu", "softmax"), cost=None,

@@ -68,19 +68,6 @@ def mnist():
     return x_train, y_train, x_test, y_test
 
 
-@pytest.fixture
-def one_blas_thread():
-    """One BLAS thread: on a busy 2-core machine OpenBLAS's spinning threads make an epoch
-    several times slower (10.8 s against 1.5 s measured); on an idle one it costs ~30%."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
 def test_mnist_reaches_98_percent(mnist, one_blas_thread, capsys):
     x_train, y_train, x_test, y_test = mnist
     net = dn.Network(784, [dn.Dense(256, "relu"), dn.Dense(128, "relu"), dn.Dense(10, "softmax")],

@@ -278,7 +278,7 @@ class CPUEngine:
 
     # -- optimizers ------------------------------------------------------------
     def _coef(self, dtype, values):
-        """The update kernels' scalars, written into this engine's vector for them (see cpu_fused.ADAM_COEF)."""
+        """The update kernels' scalars, written into this engine's vector for them (order: see cpu_fused._adam)."""
         key = (dtype, len(values))
         if key not in self._coefs:
             self._coefs[key] = np.empty(len(values), dtype)

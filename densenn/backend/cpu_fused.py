@@ -142,11 +142,6 @@ def activation_kernels(act):
     return _cache[key]
 
 
-#: the order of the scalars in the ``coef`` vector of each update kernel
-ADAM_COEF = ("step", "eps", "beta1", "beta2", "1-beta1", "1-beta2", "weight_decay", "keep", "tiny")
-MOMENTUM_COEF = ("lr", "momentum", "weight_decay", "tiny")
-
-
 def delta_tail_kernel(act):
     """z = act.py_delta_tail(z, g, p) over a 2-D z and g: the second part of a split delta."""
     key = (type(act), "tail")
@@ -164,7 +159,8 @@ def delta_tail_kernel(act):
 
 
 def _adam(w, g, m, v, coef):
-    # The scalars come in one vector of the arrays' dtype (ADAM_COEF): converting nine
+    # The scalars come in one vector ``coef`` of the arrays' dtype, in the order unpacked
+    # below (CPUEngine.adam_update fills it): converting nine
     # Python floats to NumPy scalars for every call cost more than a bias's whole update.
     # np.sqrt keeps float32 as float32 (math.sqrt and float literals would promote to
     # float64 and halve the SIMD width).
@@ -189,7 +185,7 @@ def _adam(w, g, m, v, coef):
 
 
 def _sgd_momentum(w, g, v, coef, nesterov):
-    lr, momentum, weight_decay, tiny = coef[0], coef[1], coef[2], coef[3]     # MOMENTUM_COEF
+    lr, momentum, weight_decay, tiny = coef[0], coef[1], coef[2], coef[3]     # see _adam
     zero = tiny - tiny      # see _adam
     for i in range(w.shape[0]):
         gi = g[i] + weight_decay * w[i]
