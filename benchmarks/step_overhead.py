@@ -91,13 +91,18 @@ def gemm_plan(sizes, batch, dtype=np.float32, seed=0):
     repeating the plan cannot blow the values up.
     """
     rng = np.random.default_rng(seed)
+    e = dn.get_engine("cpu")
+
+    def buffer(host):       # in the engine's own (cache-line aligned) memory, as the step's are
+        return e.upload(host.astype(dtype), e.empty(host.shape, dtype))
+
     layers = []
     for n_in, n_out in zip(sizes, sizes[1:]):
         layers.append(SimpleNamespace(
-            x=rng.standard_normal((batch, n_in), dtype=np.float32).astype(dtype),
-            w=(rng.standard_normal((n_out, n_in), dtype=np.float32) / np.sqrt(n_in)).astype(dtype),
-            z=rng.standard_normal((batch, n_out), dtype=np.float32).astype(dtype),
-            dw=np.empty((n_out, n_in), dtype), sig=np.empty((batch, n_in), dtype), n_in=n_in, n_out=n_out))
+            x=buffer(rng.standard_normal((batch, n_in), dtype=np.float32)),
+            w=buffer(rng.standard_normal((n_out, n_in), dtype=np.float32) / np.sqrt(n_in)),
+            z=buffer(rng.standard_normal((batch, n_out), dtype=np.float32)),
+            dw=e.empty((n_out, n_in), dtype), sig=e.empty((batch, n_in), dtype), n_in=n_in, n_out=n_out))
     plan = []
     for L in layers:
         plan.append((gemm_label("fwd", batch, L.n_out, L.n_in), 2.0 * batch * L.n_in * L.n_out,

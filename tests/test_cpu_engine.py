@@ -214,3 +214,41 @@ def test_openmp_updates_equal_the_one_thread_kernels(dtype):
     for got, expected in zip(*results):
         np.testing.assert_array_equal(got, expected)
     assert not np.array_equal(results[1][0], w0)
+
+
+@pytest.mark.parametrize("name", ["cpu", "cpu:numpy"])
+@pytest.mark.parametrize("shape", [(4000, 7), (3, 5), (13,), (0, 4), 9])
+def test_buffers_start_on_a_cache_line(name, shape):
+    """empty, zeros and a converting to_engine give 64-byte-aligned, C-contiguous, writable arrays."""
+    from densenn.backend.cpu import ALIGN
+
+    e = get_engine(name)
+    want = shape if isinstance(shape, tuple) else (shape,)
+    for dtype in ("float32", "float64", e.index_dtype):
+        for x in (e.empty(shape, dtype), e.zeros(shape, dtype)):
+            assert x.shape == want and x.dtype == np.dtype(dtype)
+            assert x.flags.c_contiguous and x.flags.writeable
+            # an empty array has no first element to align (NumPy may move its pointer)
+            assert x.size == 0 or x.__array_interface__["data"][0] % ALIGN == 0
+        assert not e.zeros(shape, dtype).any()
+    host = np.arange(np.prod(want), dtype=np.float64).reshape(want)
+    conv = e.to_engine(host, np.float32)
+    assert conv.__array_interface__["data"][0] % ALIGN == 0
+    np.testing.assert_array_equal(conv, host.astype(np.float32))
+
+
+def test_to_engine_shares_a_correctly_typed_array_and_copies_the_rest():
+    e = get_engine("cpu")
+    x = np.ones((6, 4), np.float32)
+    assert e.to_engine(x) is x and e.to_engine(x, "float32") is x
+    strided = np.ones((6, 8), np.float32)[:, ::2]
+    copied = e.to_engine(strided)
+    assert copied is not strided and copied.flags.c_contiguous
+    np.testing.assert_array_equal(copied, strided)
+    assert e.to_engine(np.float32(2.5)).shape == (1,)
+
+
+@pytest.mark.parametrize("shape", [(-1, 3), (2.5,), ("a", 2)])
+def test_empty_refuses_a_bad_shape(shape):
+    with pytest.raises(DensennError, match="shape"):
+        get_engine("cpu").empty(shape, np.float32)
