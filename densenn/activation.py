@@ -414,9 +414,10 @@ class ActivationFn:
         """z = f'(z); overwrites z. Returns z."""
         return self.engine.prime(self.spec, z, self.work)
 
-    def delta(self, z, a):
-        """z = f'(z) ∘ a; overwrites z (and may use a as scratch). Returns z."""
-        return self.engine.delta(self.spec, z, a, self.work)
+    def delta(self, z, a, db=None):
+        """z = f'(z) ∘ a; overwrites z (and may use a as scratch). With ``db``, also
+        db = Σ rows of the new z (overwritten), in the same pass where the engine can. Returns z."""
+        return self.engine.delta(self.spec, z, a, self.work, db)
 
     def nbytes(self) -> int:
         return 0 if self.work is None else self.engine.nbytes(self.work)

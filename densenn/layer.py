@@ -139,9 +139,9 @@ class DenseTraining:
         it from there: its ``grad`` (∂C/∂a when not in ``a``; may be overwritten).
         """
         e = self.engine
-        if not delta_ready:
-            self.activ_fn.delta(self.z, self.a if grad is None else grad)
-        if not db_ready:
+        if not delta_ready:     # ∇b = Σ delta comes out of the same pass where the engine can
+            self.activ_fn.delta(self.z, self.a if grad is None else grad, None if db_ready else self.db)
+        elif not db_ready:
             e.sum_rows(self.z, self.db)
         if update is None:
             if self.dw is None:

@@ -131,13 +131,17 @@ def test_split_activation_passes_equal_one_call(split_everything, fused, name):
         e.bias_activ(act, z, b, a, work)
         d = z.copy()
         e.delta(act, d, g.copy(), work)
+        d_db, db = z.copy(), np.full(11, np.nan)        # delta with ∇b: fused whole, two passes split
+        e.delta(act, d_db, g.copy(), work, db)
         p = z.copy()
         e.prime(act, p, work)
         a2 = np.empty_like(z0)
         e.activ(act, z0, a2, work)
-        results.append((z, a, d, p, a2))
+        results.append((z, a, d, d_db, db, p, a2))
     for got, expected in zip(*results):
         np.testing.assert_allclose(got, expected, rtol=1e-14, atol=1e-15)
+    np.testing.assert_array_equal(results[0][3], results[0][2])
+    np.testing.assert_allclose(results[0][4], results[0][2].sum(axis=0), rtol=1e-12)
 
 
 @pytest.mark.parametrize("fused", FUSED)

@@ -429,6 +429,20 @@ def test_delta(engine, dtype, act, layout):
     g.get()
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("act", ACTS, ids=repr)
+def test_delta_also_sums_its_rows_into_db(engine, dtype, act, layout):
+    """delta(..., db=db): the same z, and db = Σ rows of it (∇b), in one call."""
+    z_host = sample_z(dtype)
+    g_host = rng(2).normal(size=z_host.shape).astype(dtype)
+    z, g = Placed(engine, z_host, layout), Placed(engine, g_host, layout)
+    db = poisoned(engine, z_host.shape[1:], dtype, layout)
+    assert engine.delta(act, z.view, g.view, work_for(engine, act, z.view, dtype), db.view) is z.view
+    want = ref_delta(act, z_host.astype(np.float64), g_host.astype(np.float64))
+    assert_close(z.get(), want, dtype)
+    assert_close(db.get(), want.sum(axis=0), dtype, scale=5)
+
+
 # =========================================================================================
 # costs and metrics
 # =========================================================================================

@@ -100,8 +100,9 @@ class Engine(Protocol):
     def prime(self, act, z, work=None) -> Array:
         """z = f'(z). Overwrites z."""
 
-    def delta(self, act, z, a, work=None) -> Array:
-        """z = f'(z) ∘ a. Overwrites z; a may be used as scratch."""
+    def delta(self, act, z, a, work=None, db=None) -> Array:
+        """z = f'(z) ∘ a. Overwrites z; a may be used as scratch. With ``db``, also
+        db = Σ rows of the new z (∇b; one pass where the engine can). Overwrites db."""
 
     # -- costs and metrics --------------------------------------------------
     def cost_value(self, cost, a, y, work, acc) -> Array:

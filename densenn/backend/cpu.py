@@ -73,6 +73,8 @@ class CPUEngine:
         self.set_threads(threads)
         self._ones: dict = {}  # dtype -> a vector of ones, grown to the largest batch seen
         self._coefs: dict = {}  # (dtype, n) -> the scalars of an update kernel (see _coef)
+        # the db a delta kernel gets when no column sums are wanted
+        self._no_sums = {dt: np.empty(0, dt) for dt in _GEMM}
 
     def set_threads(self, threads: int | None = None) -> None:
         """Split large elementwise passes into ``threads`` row blocks (None: ``$DENSENN_THREADS``,
@@ -240,21 +242,30 @@ class CPUEngine:
             return z
         return act.np_prime(z, work)
 
-    def delta(self, act, z, a, work=None):
+    def delta(self, act, z, a, work=None, db=None):
         if self._blocks.splits(z):
-            self._blocks.run(lambda lo, hi: self._delta(act, z[lo:hi], a[lo:hi], _rows(work, lo, hi)), z.shape[0])
-        else:
-            self._delta(act, z, a, work)
+            # row blocks cannot share column sums: Σ rows is its own (column-block) pass
+            self._blocks.run(lambda lo, hi: self._delta(act, z[lo:hi], a[lo:hi], _rows(work, lo, hi), None),
+                             z.shape[0])
+        elif self._delta(act, z, a, work, db):
+            return z
+        if db is not None:
+            self.sum_rows(z, db)
         return z
 
-    def _delta(self, act, z, a, work):
+    def _delta(self, act, z, a, work, db) -> bool:
+        """The delta pass; returns whether it also wrote db = Σ rows (the fused kernels can)."""
+        sums = db is not None and db.shape == z.shape[1:] and db.dtype == z.dtype and db.flags.c_contiguous
+        db_or_none = db if sums else self._no_sums[z.dtype]
         if self._fuses(act, z, a):
-            cpu_fused.activation_kernels(act)[1](z, a, z.dtype.type(act.param))
+            cpu_fused.activation_kernels(act)[1](z, a, z.dtype.type(act.param), db_or_none)
         elif self.fused and act.py_delta_tail is not None and z.flags.c_contiguous and a.flags.c_contiguous:
             act.np_delta_head(z)
-            cpu_fused.delta_tail_kernel(act)(z, a, z.dtype.type(act.param))
+            cpu_fused.delta_tail_kernel(act)(z, a, z.dtype.type(act.param), db_or_none)
         else:
             act.np_delta(z, a, work)
+            return False
+        return sums
 
     # -- costs and metrics ---------------------------------------------------
     def cost_value(self, cost, a, y, work, acc):

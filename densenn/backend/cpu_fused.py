@@ -63,9 +63,12 @@ def _bias_softmax(z, b, a, p):
         _bias_softmax_row(z, b, a, i)
 
 
-def _softmax_delta(z, a, p):
-    # z = s ∘ (g - Σ_j s_j g_j), s = softmax(z), g = a
+def _softmax_delta(z, a, p, db):
+    # z = s ∘ (g - Σ_j s_j g_j), s = softmax(z), g = a; db = Σ rows of z when db has z's width
     n, m = z.shape
+    sums = db.shape[0] == m
+    if sums:
+        db[:] = 0
     for i in range(n):
         top = -math.inf
         for j in range(m):
@@ -81,6 +84,8 @@ def _softmax_delta(z, a, p):
             dot += z[i, j] * a[i, j]
         for j in range(m):
             z[i, j] *= a[i, j] - dot
+            if sums:
+                db[j] += z[i, j]
 
 
 def _softmax_crossentropy(z, b, a, labels, scale, eps, db, acc):
@@ -116,7 +121,10 @@ def head_kernel():
 
 
 def activation_kernels(act):
-    """(bias_activ, delta) kernels for an activation, compiled once per class."""
+    """(bias_activ, delta) kernels for an activation, compiled once per class.
+
+    ``delta(z, a, p, db)`` writes z = f'(z) ∘ a and, when db has z's width, db = Σ rows of
+    the new z in the same pass (an empty db: no sums)."""
     key = type(act)
     if key not in _cache and act.name == "softmax":
         _cache[key] = (_njit(_bias_softmax), _njit(_softmax_delta))
@@ -132,27 +140,43 @@ def activation_kernels(act):
                     z[i, j] = v
                     a[i, j] = f(v, p)
 
-        def delta(z, a, p):
+        def delta(z, a, p, db):
             n, m = z.shape
+            sums = db.shape[0] == m      # an empty db: no sums
+            if sums:
+                db[:] = 0
             for i in range(n):
                 for j in range(m):
-                    z[i, j] = fp(z[i, j], p) * a[i, j]
+                    # cast: a literal 1.0/0.0 in fp would turn a float32 pass into float64
+                    d = z.dtype.type(fp(z[i, j], p)) * a[i, j]
+                    z[i, j] = d
+                    if sums:
+                        db[j] += d
 
         _cache[key] = (_njit(bias_activ), _njit(delta))
     return _cache[key]
 
 
 def delta_tail_kernel(act):
-    """z = act.py_delta_tail(z, g, p) over a 2-D z and g: the second part of a split delta."""
+    """z = act.py_delta_tail(z, g, p) over a 2-D z and g: the second part of a split delta.
+
+    Like the delta of ``activation_kernels``, it also writes db = Σ rows of the new z when
+    db has z's width (an empty db: no sums): ∇b in the same pass, not a second one."""
     key = (type(act), "tail")
     if key not in _cache:
         tail = _njit(act.py_delta_tail)
 
-        def kernel(z, g, p):
+        def kernel(z, g, p, db):
             n, m = z.shape
+            sums = db.shape[0] == m      # an empty db: no sums
+            if sums:
+                db[:] = 0
             for i in range(n):
                 for j in range(m):
-                    z[i, j] = tail(z[i, j], g[i, j], p)
+                    d = tail(z[i, j], g[i, j], p)
+                    z[i, j] = d
+                    if sums:
+                        db[j] += d
 
         _cache[key] = _njit(kernel)
     return _cache[key]

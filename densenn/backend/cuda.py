@@ -1035,9 +1035,16 @@ class CUDAEngine:
             self.launches += 1
         return z
 
-    def delta(self, act, z, a, work=None):
+    def _sum_delta(self, z, db):
+        """∇b after a delta pass, when asked for (its own kernel here). Returns z."""
+        if db is not None:
+            self.sum_rows(z, db)
+        return z
+
+    def delta(self, act, z, a, work=None, db=None):
         if act.elementwise:
-            return self._ew(self._act(act), "delta", (a,), (z,), (act.param,))
+            self._ew(self._act(act), "delta", (a,), (z,), (act.param,))
+            return self._sum_delta(z, db)
         self._check(z, a)
         self._row_activation(act)
         rows, m, ldz, lda, big, grid = self._softmax_args(z, a)
@@ -1046,7 +1053,7 @@ class CUDAEngine:
             self._fn(BASE, "softmax_delta", self._ctype(z.dtype), big)(
                 grid, (BLOCK,), (z, a, it(rows), it(m), it(ldz), it(lda)))
             self.launches += 1
-        return z
+        return self._sum_delta(z, db)
 
     # -- costs and metrics -------------------------------------------------------------------------
     def _acc(self, acc, dt):

@@ -891,7 +891,13 @@ class OpenCLEngine:
             self._act(act, "prime", dt).over(self.queue, rows if cols else 0, *z_arg, _L(cols))
         return z
 
-    def delta(self, act, z, a, work=None):
+    def _sum_delta(self, z, db):
+        """∇b after a delta pass, when asked for (its own kernel here). Returns z."""
+        if db is not None:
+            self.sum_rows(z, db)
+        return z
+
+    def delta(self, act, z, a, work=None, db=None):
         z_arg = self._arg("delta", "z", z)
         dt = self._float("delta", "z", z)
         a_arg = self._arg("delta", "a", a, dt)
@@ -901,7 +907,7 @@ class OpenCLEngine:
         else:
             rows, cols = self._matrix("delta", "z", z)
             self._act(act, "delta", dt).over(self.queue, rows if cols else 0, *z_arg, *a_arg, _L(cols))
-        return z
+        return self._sum_delta(z, db)
 
     # -- costs and metrics ------------------------------------------------------------------------
     def _cost(self, cost, name: str, dt) -> _Kernel:
