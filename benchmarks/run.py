@@ -162,6 +162,16 @@ def jax_mlp(jax, weights, acts):
     return params, logits, loss
 
 
+def target_rounds(args) -> int:
+    """Samples per library for a row with a target: 2·repeats - 1 (21 by default).
+
+    On this shared machine one sample of a step swings by ±10% with the neighbours' load,
+    and between runs the median of 11 moved a ratio by up to ±5%; twice the samples halve
+    the rounds a burst of load can tip.
+    """
+    return max(3, 2 * args.repeats - 1)
+
+
 # -- 1. the MLP step ------------------------------------------------------------------------------
 def section_mlp(args, res):
     torch, why = try_torch()
@@ -281,7 +291,7 @@ def section_mlp(args, res):
     # samples of ~0.2 s (~20 steps): the steady state of a training loop. With 20 ms samples
     # (3 steps) each sample held the first step after the settling pause, when the BLAS
     # threads are asleep and the caches cold, and the samples swung by 2x here.
-    t = interleaved(fns_step, repeats=args.repeats, warmup=3, sync=sync_jax, target_s=0.2)
+    t = interleaved(fns_step, repeats=target_rounds(args), warmup=3, sync=sync_jax, target_s=0.2)
     tf = interleaved(fns_fwd, repeats=args.repeats, warmup=3, sync=sync_jax, target_s=0.2)
     out["step"], out["forward"] = t, tf
     flops = so.step_flops(sizes, batch)
@@ -380,9 +390,8 @@ def section_seed(args, res):
     plan = so.gemm_plan(s.sizes, n)
     fns_f["GEMM floor"] = so.floor_fn(plan, forward_only=True)
     fns_s["GEMM floor"] = so.floor_fn(plan)
-    reps = max(3, args.repeats)     # a step is ~0.7 s, and 5 samples could not tell a 5% difference here
-    tf = interleaved(fns_f, repeats=reps, warmup=1, number=1, sync=sync)
-    ts = interleaved(fns_s, repeats=reps, warmup=1, number=1, sync=sync)
+    tf = interleaved(fns_f, repeats=max(3, args.repeats), warmup=1, number=1, sync=sync)
+    ts = interleaved(fns_s, repeats=target_rounds(args), warmup=1, number=1, sync=sync)
     out["forward"], out["step"] = tf, ts
     flops = so.step_flops(s.sizes, n)
     out["gflop_step"], out["gflop_forward"] = flops["step"] / 1e9, flops["forward"] / 1e9
@@ -905,7 +914,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke run: 3 epochs, 3 repeats, seed at N=2000")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
     p.add_argument("--epochs", type=int, default=None, help="MNIST epochs (default 20; --quick 3)")
-    p.add_argument("--repeats", type=int, default=None, help="timed samples per measurement (default 11; --quick 3)")
+    p.add_argument("--repeats", type=int, default=None, help="timed samples per measurement (default 11; --quick 3); rows with a target take 2·repeats-1")
     p.add_argument("--seed-size", type=int, default=None, help="N of the seed benchmark (default 4000; --quick 2000)")
     p.add_argument("--threads", type=int, default=None, help="threads for every library (default: usable CPUs)")
     p.add_argument("--out-dir", type=Path, default=common.RESULTS, help="where run.json and scaling.png go")

@@ -75,6 +75,7 @@ class CPUEngine:
         self._coefs: dict = {}  # (dtype, n) -> the scalars of an update kernel (see _coef)
         # the db a delta kernel gets when no column sums are wanted
         self._no_sums = {dt: np.empty(0, dt) for dt in _GEMM}
+        self._partials: dict = {}   # (dtype, width) -> row blocks' column sums (see delta)
 
     def set_threads(self, threads: int | None = None) -> None:
         """Split large elementwise passes into ``threads`` row blocks (None: ``$DENSENN_THREADS``,
@@ -243,29 +244,47 @@ class CPUEngine:
         return act.np_prime(z, work)
 
     def delta(self, act, z, a, work=None, db=None):
+        # Where a Numba kernel does the delta, it adds up ∇b on the way; row blocks add
+        # theirs into rows of _partial, summed into db at the end. The NumPy path sums after.
+        kernel = self._fuses(act, z, a) or (self.fused and act.py_delta_tail is not None and
+                                            z.flags.c_contiguous and a.flags.c_contiguous)
+        sums = kernel and db is not None and db.shape == z.shape[1:] and db.dtype == z.dtype and \
+            db.flags.c_contiguous
         if self._blocks.splits(z):
-            # row blocks cannot share column sums: Σ rows is its own (column-block) pass
-            self._blocks.run(lambda lo, hi: self._delta(act, z[lo:hi], a[lo:hi], _rows(work, lo, hi), None),
-                             z.shape[0])
-        elif self._delta(act, z, a, work, db):
-            return z
-        if db is not None:
+            bounds = self._blocks.bounds(z.shape[0])
+            part = self._partial_sums(z.dtype, z.shape[1], len(bounds) - 1) if sums else None
+            self._blocks.run(lambda lo, hi: self._delta(act, z[lo:hi], a[lo:hi], _rows(work, lo, hi),
+                                                        part[bounds.index(lo)] if sums else None), z.shape[0])
+            if sums:
+                np.add.reduce(part, axis=0, out=db)
+        else:
+            if sums:
+                db.fill(0)
+            self._delta(act, z, a, work, db if sums else None)
+        if db is not None and not sums:
             self.sum_rows(z, db)
         return z
 
-    def _delta(self, act, z, a, work, db) -> bool:
-        """The delta pass; returns whether it also wrote db = Σ rows (the fused kernels can)."""
-        sums = db is not None and db.shape == z.shape[1:] and db.dtype == z.dtype and db.flags.c_contiguous
-        db_or_none = db if sums else self._no_sums[z.dtype]
+    def _partial_sums(self, dtype, m: int, parts: int):
+        """Zeroed (parts, m) scratch for the blocks' column sums, kept for the next step."""
+        key = (np.dtype(dtype), m)
+        if key not in self._partials or self._partials[key].shape[0] < parts:
+            self._partials[key] = self.zeros((parts, m), dtype)
+        part = self._partials[key][:parts]
+        part.fill(0)
+        return part
+
+    def _delta(self, act, z, a, work, db):
+        """The delta pass over rows of z; with db (zeroed by the caller) adds their column sums to it."""
+        p = z.dtype.type(act.param)
+        db = self._no_sums[z.dtype] if db is None else db
         if self._fuses(act, z, a):
-            cpu_fused.activation_kernels(act)[1](z, a, z.dtype.type(act.param), db_or_none)
+            cpu_fused.activation_kernels(act)[1](z, a, p, db)
         elif self.fused and act.py_delta_tail is not None and z.flags.c_contiguous and a.flags.c_contiguous:
-            act.np_delta_head(z)
-            cpu_fused.delta_tail_kernel(act)(z, a, z.dtype.type(act.param), db_or_none)
+            act.np_delta_head(z)        # NumPy's SIMD tanh, then the arithmetic in one pass
+            cpu_fused.delta_tail_kernel(act)(z, a, p, db)
         else:
             act.np_delta(z, a, work)
-            return False
-        return sums
 
     # -- costs and metrics ---------------------------------------------------
     def cost_value(self, cost, a, y, work, acc):

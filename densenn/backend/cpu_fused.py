@@ -64,11 +64,9 @@ def _bias_softmax(z, b, a, p):
 
 
 def _softmax_delta(z, a, p, db):
-    # z = s ∘ (g - Σ_j s_j g_j), s = softmax(z), g = a; db = Σ rows of z when db has z's width
+    # z = s ∘ (g - Σ_j s_j g_j), s = softmax(z), g = a; db += Σ rows of z when db has z's width
     n, m = z.shape
     sums = db.shape[0] == m
-    if sums:
-        db[:] = 0
     for i in range(n):
         top = -math.inf
         for j in range(m):
@@ -123,8 +121,9 @@ def head_kernel():
 def activation_kernels(act):
     """(bias_activ, delta) kernels for an activation, compiled once per class.
 
-    ``delta(z, a, p, db)`` writes z = f'(z) ∘ a and, when db has z's width, db = Σ rows of
-    the new z in the same pass (an empty db: no sums)."""
+    ``delta(z, a, p, db)`` writes z = f'(z) ∘ a and, when db has z's width, adds the rows
+    of the new z to db in the same pass (an empty db: no sums; the caller zeroes db, so that
+    blocks of rows can add up into one db)."""
     key = type(act)
     if key not in _cache and act.name == "softmax":
         _cache[key] = (_njit(_bias_softmax), _njit(_softmax_delta))
@@ -143,8 +142,6 @@ def activation_kernels(act):
         def delta(z, a, p, db):
             n, m = z.shape
             sums = db.shape[0] == m      # an empty db: no sums
-            if sums:
-                db[:] = 0
             for i in range(n):
                 for j in range(m):
                     # cast: a literal 1.0/0.0 in fp would turn a float32 pass into float64
@@ -160,7 +157,7 @@ def activation_kernels(act):
 def delta_tail_kernel(act):
     """z = act.py_delta_tail(z, g, p) over a 2-D z and g: the second part of a split delta.
 
-    Like the delta of ``activation_kernels``, it also writes db = Σ rows of the new z when
+    Like the delta of ``activation_kernels``, it also adds the rows of the new z to db when
     db has z's width (an empty db: no sums): ∇b in the same pass, not a second one."""
     key = (type(act), "tail")
     if key not in _cache:
@@ -169,11 +166,9 @@ def delta_tail_kernel(act):
         def kernel(z, g, p, db):
             n, m = z.shape
             sums = db.shape[0] == m      # an empty db: no sums
-            if sums:
-                db[:] = 0
             for i in range(n):
                 for j in range(m):
-                    d = tail(z[i, j], g[i, j], p)
+                    d = z.dtype.type(tail(z[i, j], g[i, j], p))     # (sigmoid's tail has a 0.25)
                     z[i, j] = d
                     if sums:
                         db[j] += d

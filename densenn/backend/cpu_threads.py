@@ -92,14 +92,19 @@ class RowBlocks:
         """Whether a pass over ``x`` is worth splitting: large, and more than one core here."""
         return self.threads > 1 and x.size >= MIN_SPLIT and x.shape[0] > 1
 
+    def bounds(self, n: int) -> list:
+        """Where run's blocks of range(n) start, and n: block k is bounds[k]:bounds[k + 1]."""
+        parts = max(1, min(self.threads, n))
+        return [n * i // parts for i in range(parts + 1)]
+
     def run(self, fn, n: int) -> None:
         """fn(lo, hi) for blocks covering range(n), side by side; returns when all are done."""
-        parts = max(1, min(self.threads, n))
+        bounds = self.bounds(n)
+        parts = len(bounds) - 1
         if self._pid != os.getpid():    # a forked child: the parent's workers do not exist here
             self._workers, self._pid = [], os.getpid()
         while len(self._workers) < parts - 1:
             self._workers.append(_Worker())
-        bounds = [n * i // parts for i in range(parts + 1)]
         for worker, lo, hi in zip(self._workers, bounds[:-2], bounds[1:-1]):
             worker.start(fn, lo, hi)
         error = None
