@@ -233,7 +233,7 @@ def test_buffers_start_on_a_cache_line(name, shape):
         assert not e.zeros(shape, dtype).any()
     host = np.arange(np.prod(want), dtype=np.float64).reshape(want)
     conv = e.to_engine(host, np.float32)
-    assert conv.__array_interface__["data"][0] % ALIGN == 0
+    assert conv.size == 0 or conv.__array_interface__["data"][0] % ALIGN == 0
     np.testing.assert_array_equal(conv, host.astype(np.float32))
 
 

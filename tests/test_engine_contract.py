@@ -416,31 +416,24 @@ def test_prime(engine, dtype, act, layout):
     assert_close(result, ref_prime(act, z_host.astype(np.float64)), dtype)
 
 
+@pytest.mark.parametrize("with_db", [False, True], ids=["delta", "delta+db"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("act", ACTS, ids=repr)
-def test_delta(engine, dtype, act, layout):
+def test_delta(engine, dtype, act, layout, with_db):
+    """z = f'(z) ∘ g; with db also db = Σ rows of the new z (∇b), in the same call."""
     z_host = sample_z(dtype)
     g_host = rng(2).normal(size=z_host.shape).astype(dtype)
     z, g = Placed(engine, z_host, layout), Placed(engine, g_host, layout)
-    assert engine.delta(act, z.view, g.view, work_for(engine, act, z.view, dtype)) is z.view
+    db = poisoned(engine, z_host.shape[1:], dtype, layout) if with_db else None
+    work = work_for(engine, act, z.view, dtype)
+    assert engine.delta(act, z.view, g.view, work, db.view if with_db else None) is z.view
     result = z.get()          # g may be used as scratch: only its padding is checked
     assert np.isfinite(result).all()
-    assert_close(result, ref_delta(act, z_host.astype(np.float64), g_host.astype(np.float64)), dtype)
-    g.get()
-
-
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("act", ACTS, ids=repr)
-def test_delta_also_sums_its_rows_into_db(engine, dtype, act, layout):
-    """delta(..., db=db): the same z, and db = Σ rows of it (∇b), in one call."""
-    z_host = sample_z(dtype)
-    g_host = rng(2).normal(size=z_host.shape).astype(dtype)
-    z, g = Placed(engine, z_host, layout), Placed(engine, g_host, layout)
-    db = poisoned(engine, z_host.shape[1:], dtype, layout)
-    assert engine.delta(act, z.view, g.view, work_for(engine, act, z.view, dtype), db.view) is z.view
     want = ref_delta(act, z_host.astype(np.float64), g_host.astype(np.float64))
-    assert_close(z.get(), want, dtype)
-    assert_close(db.get(), want.sum(axis=0), dtype, scale=5)
+    assert_close(result, want, dtype)
+    if with_db:
+        assert_close(db.get(), want.sum(axis=0), dtype, scale=5)
+    g.get()
 
 
 # =========================================================================================
