@@ -245,7 +245,8 @@ class CPUEngine:
 
     def delta(self, act, z, a, work=None, db=None):
         # Where a Numba kernel does the delta, it adds up ∇b on the way; row blocks add
-        # theirs into rows of _partial, summed into db at the end. The NumPy path sums after.
+        # theirs into rows of a kept scratch (_partial_sums), summed into db at the end; the
+        # NumPy path sums after.
         kernel = self._fuses(act, z, a) or (self.fused and act.py_delta_tail is not None and
                                             z.flags.c_contiguous and a.flags.c_contiguous)
         sums = kernel and db is not None and db.shape == z.shape[1:] and db.dtype == z.dtype and \
