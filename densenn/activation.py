@@ -56,12 +56,9 @@ class Activation:
     #: for an f' built on a transcendental function (tanh, sigmoid), the delta in two parts:
     #: ``np_delta_head(z)``, NumPy's SIMD pass(es) z → t in place, then ``py_delta_tail(t, g, p)``,
     #: the arithmetic that gives f'(z)·g from t, which a fused kernel does in one more pass
-    #: (NumPy would need three); None where there is no such split
+    #: (NumPy would need three); both None where there is no such split
+    np_delta_head = None
     py_delta_tail = None
-
-    def np_delta_head(self, z):
-        """z = t, the transcendental part of f'(z) (see ``py_delta_tail``). Overwrites z."""
-        raise NotImplementedError  # only where py_delta_tail is given
 
     # -- the NumPy kernels; subclasses override --------------------------
     def np_activ(self, z, a, work=None):

@@ -225,7 +225,7 @@ class SGD(Optimizer):
 
     def gemm_update(self, epoch: float = 0.0):
         # plain SGD with L2 decay: w - lr·(∇w + λ·w) = (1 - lr·λ)·w - lr·∇w
-        if self.momentum:
+        if not self.folds_into_gemm:
             return None
         self.t += 1
         lr = self.current_lr(epoch)

@@ -188,7 +188,6 @@ def test_switching_from_folded_sgd_to_adam_gives_the_trainer_its_gradients():
     grads_trainer = net._trainer
     net.fit(x, y, epochs=1, batch_size=4, optimizer=dn.SGD(0.1), progress=False)
     assert net._trainer is grads_trainer          # one with gradients serves folded SGD too
-    layer = net._trainer.layers[0]
     without = dn.DenseTraining(net.layers[0], net._trainer.x, gradients=False)
     with pytest.raises(dn.DensennError, match="keeps no ∇w"):
         without.backward(propagate=False)

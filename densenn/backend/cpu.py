@@ -247,21 +247,20 @@ class CPUEngine:
         # Where a Numba kernel does the delta, it adds up ∇b on the way; row blocks add
         # theirs into rows of a kept scratch (_partial_sums), summed into db at the end; the
         # NumPy path sums after.
-        kernel = self._fuses(act, z, a) or (self.fused and act.py_delta_tail is not None and
-                                            z.flags.c_contiguous and a.flags.c_contiguous)
-        sums = kernel and db is not None and db.shape == z.shape[1:] and db.dtype == z.dtype and \
+        kernel = self._delta_kernel(act, z, a)
+        sums = kernel is not None and db is not None and db.shape == z.shape[1:] and db.dtype == z.dtype and \
             db.flags.c_contiguous
         if self._blocks.splits(z):
             bounds = self._blocks.bounds(z.shape[0])
             part = self._partial_sums(z.dtype, z.shape[1], len(bounds) - 1) if sums else None
-            self._blocks.run(lambda lo, hi: self._delta(act, z[lo:hi], a[lo:hi], _rows(work, lo, hi),
+            self._blocks.run(lambda lo, hi: self._delta(act, kernel, z[lo:hi], a[lo:hi], _rows(work, lo, hi),
                                                         part[bounds.index(lo)] if sums else None), z.shape[0])
             if sums:
                 np.add.reduce(part, axis=0, out=db)
         else:
             if sums:
                 db.fill(0)
-            self._delta(act, z, a, work, db if sums else None)
+            self._delta(act, kernel, z, a, work, db if sums else None)
         if db is not None and not sums:
             self.sum_rows(z, db)
         return z
@@ -275,17 +274,25 @@ class CPUEngine:
         part.fill(0)
         return part
 
-    def _delta(self, act, z, a, work, db):
-        """The delta pass over rows of z; with db (zeroed by the caller) adds their column sums to it."""
-        p = z.dtype.type(act.param)
-        db = self._no_sums[z.dtype] if db is None else db
+    def _delta_kernel(self, act, z, a):
+        """(head, kernel) of the Numba delta for this activation and these arrays, else None
+        (the NumPy path). ``head`` is NumPy's SIMD tanh pass before a tail kernel, or None."""
         if self._fuses(act, z, a):
-            cpu_fused.activation_kernels(act)[1](z, a, p, db)
-        elif self.fused and act.py_delta_tail is not None and z.flags.c_contiguous and a.flags.c_contiguous:
-            act.np_delta_head(z)        # NumPy's SIMD tanh, then the arithmetic in one pass
-            cpu_fused.delta_tail_kernel(act)(z, a, p, db)
-        else:
+            return None, cpu_fused.activation_kernels(act)[1]
+        if self.fused and act.py_delta_tail is not None and z.flags.c_contiguous and a.flags.c_contiguous:
+            return act.np_delta_head, cpu_fused.delta_tail_kernel(act)
+        return None
+
+    def _delta(self, act, kernel, z, a, work, db):
+        """The delta pass over rows of z (row views of a C-contiguous z keep its kernel); with
+        db (zeroed by the caller) the kernel adds their column sums to it."""
+        if kernel is None:
             act.np_delta(z, a, work)
+            return
+        head, fn = kernel
+        if head is not None:
+            head(z)
+        fn(z, a, z.dtype.type(act.param), self._no_sums[z.dtype] if db is None else db)
 
     # -- costs and metrics ---------------------------------------------------
     def cost_value(self, cost, a, y, work, acc):
@@ -344,21 +351,26 @@ class CPUEngine:
             return None
         return cpu_fused.omp_optimizer_kernels()
 
+    def _fused_update(self, which: int, arrays: tuple, *scalars):
+        """Update kernel ``which`` (0 Adam, 1 momentum; see cpu_fused.optimizer_kernels) over
+        flat parameter arrays (w first; all overwritten): on OpenMP threads, in row blocks,
+        or in one call, by size."""
+        omp = self._omp_updates(arrays[0])
+        if omp is not None:
+            omp[which](*arrays, *scalars)
+            return
+        kernel = cpu_fused.optimizer_kernels()[which]
+        if self._blocks.splits(arrays[0]):
+            self._blocks.run(lambda lo, hi: kernel(*[x[lo:hi] for x in arrays], *scalars), arrays[0].size)
+        else:
+            kernel(*arrays, *scalars)
+
     def sgd_update(self, w, g, v, lr, momentum, nesterov, weight_decay):
         # Plain SGD is one BLAS axpy below, which OpenBLAS spreads over its threads:
         # twice as fast as a one-thread fused loop for large layers.
         if self.fused and v is not None:
-            sgd_momentum = cpu_fused.optimizer_kernels()[1]
-            w1, g1, v1 = w.reshape(-1), g.reshape(-1), v.reshape(-1)
-            coef, nesterov = self._coef(w.dtype, (lr, momentum, weight_decay, _TINY[w.dtype])), bool(nesterov)
-            omp = self._omp_updates(w1)
-            if omp is not None:
-                omp[1](w1, g1, v1, coef, nesterov)
-            elif self._blocks.splits(w1):
-                self._blocks.run(lambda lo, hi: sgd_momentum(w1[lo:hi], g1[lo:hi], v1[lo:hi], coef, nesterov),
-                                 w1.size)
-            else:
-                sgd_momentum(w1, g1, v1, coef, nesterov)
+            coef = self._coef(w.dtype, (lr, momentum, weight_decay, _TINY[w.dtype]))
+            self._fused_update(1, (w.reshape(-1), g.reshape(-1), v.reshape(-1)), coef, bool(nesterov))
             return w
         if weight_decay:
             self.axpy(weight_decay, w, g)
@@ -373,17 +385,9 @@ class CPUEngine:
 
     def adam_update(self, w, g, m, v, step, eps, beta1, beta2, weight_decay, decay, work):
         if self.fused:
-            adam = cpu_fused.optimizer_kernels()[0]
-            w1, g1, m1, v1 = w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)
             coef = self._coef(w.dtype, (step, eps, beta1, beta2, 1.0 - beta1, 1.0 - beta2, weight_decay,
                                         1.0 - decay, _TINY[w.dtype]))
-            omp = self._omp_updates(w1)
-            if omp is not None:
-                omp[0](w1, g1, m1, v1, coef)
-            elif self._blocks.splits(w1):
-                self._blocks.run(lambda lo, hi: adam(w1[lo:hi], g1[lo:hi], m1[lo:hi], v1[lo:hi], coef), w1.size)
-            else:
-                adam(w1, g1, m1, v1, coef)
+            self._fused_update(0, (w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)), coef)
             return w
         if weight_decay:
             self.axpy(weight_decay, w, g)
