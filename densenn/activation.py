@@ -174,17 +174,19 @@ class Tanh(Activation):
 
 class ReLU(Activation):
     name = "relu"
-    c_activ = "z > (T)0 ? z : (T)0"
-    c_prime = "z > (T)0 ? (T)1 : (T)0"
+    # the comparisons are written so that a NaN z falls through to z itself: every engine
+    # propagates NaN as NumPy's maximum/heaviside do (``z > 0 ? z : 0`` would make it 0)
+    c_activ = "z < (T)0 ? (T)0 : z"
+    c_prime = "z > (T)0 ? (T)1 : (z <= (T)0 ? (T)0 : z)"
 
 
     @staticmethod
     def py_activ(z, p):
-        return z if z > 0.0 else 0.0
+        return 0.0 if z < 0.0 else z
 
     @staticmethod
     def py_prime(z, p):
-        return 1.0 if z > 0.0 else 0.0
+        return 1.0 if z > 0.0 else (0.0 if z <= 0.0 else z)
 
     def np_activ(self, z, a, work=None):
         return np.maximum(z, 0.0, out=a)
@@ -197,7 +199,7 @@ class ReLU(Activation):
 class LeakyReLU(Activation):
     name = "leaky_relu"
     c_activ = "z > (T)0 ? z : (T)p * z"
-    c_prime = "z > (T)0 ? (T)1 : (T)p"
+    c_prime = "z > (T)0 ? (T)1 : (z <= (T)0 ? (T)p : z)"     # NaN stays NaN, as with ReLU
 
     def __init__(self, slope: float = 0.01):
         if not (isinstance(slope, (int, float)) and 0.0 <= slope < 1.0):
@@ -211,7 +213,7 @@ class LeakyReLU(Activation):
 
     @staticmethod
     def py_prime(z, p):
-        return 1.0 if z > 0.0 else p
+        return 1.0 if z > 0.0 else (p if z <= 0.0 else z)
 
     def np_activ(self, z, a, work=None):
         # max(z, p·z) is f(z) for 0 <= p < 1.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 
 from densenn.backend.base import Engine, check_dtype
 from densenn.backend.cpu import CPUEngine
@@ -26,6 +27,7 @@ ENGINE_KINDS = tuple(_KINDS)
 
 _engines: dict[str, Engine] = {}
 _default: str | None = None
+_creating = threading.Lock()    # two threads asking for a new engine at once get the same one
 
 
 def _create(kind: str, arg: str):
@@ -62,9 +64,10 @@ def get_engine(name=None) -> Engine:
     if kind not in _KINDS:
         raise DensennError(f"unknown engine {name!r}; expected one of: {', '.join(ENGINE_KINDS)} "
                            "(optionally 'opencl:P:D' or 'cuda:N')")
-    if key not in _engines:
-        _engines[key] = _create(kind, arg)
-    return _engines[key]
+    with _creating:
+        if key not in _engines:
+            _engines[key] = _create(kind, arg)
+        return _engines[key]
 
 
 def default_engine_name() -> str:

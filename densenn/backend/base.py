@@ -16,6 +16,8 @@ Conventions (NumPy's ``out=`` style, after Neanderthal's ``mm!``/``axpy!``):
 """
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -132,6 +134,37 @@ class Engine(Protocol):
         """One Adam step (overwrites w, g, m, v, work): g += wd·w (L2); m = β1m + (1-β1)g;
         v = β2v + (1-β2)g²; w -= step · m / (√v + eps) - decay · w, where ``step`` and
         ``eps`` already carry the bias correction and ``decay`` is AdamW's lr·wd."""
+
+
+#: the protocol's operations by name, the optional fused output kernel included
+OPERATIONS = tuple(name for name, value in vars(Engine).items()
+                   if callable(value) and not name.startswith("_")) + ("softmax_crossentropy",)
+
+
+def serialize(engine, extra=()) -> None:
+    """Make every operation of ``engine`` (and the methods named in ``extra``) run under one
+    lock, ``engine.lock``, so that networks on this engine can be used from several threads.
+
+    For the device engines: their kernel objects take their arguments and launch in two
+    steps (PyOpenCL's ``Kernel.__call__`` sets the arguments on the shared kernel, then
+    enqueues), and they keep per-engine scratch (index buffers, pending uploads). One
+    operation at a time keeps each step whole; the queue is in order, so work queued by
+    one thread never sees another's half-written arguments. The lock is reentrant:
+    operations may call each other.
+    """
+    lock = threading.RLock()
+    engine.lock = lock
+    for name in OPERATIONS + tuple(extra):
+        method = getattr(engine, name, None)
+        if method is None:
+            continue
+
+        @functools.wraps(method)
+        def locked(*args, _method=method, **kwargs):
+            with lock:
+                return _method(*args, **kwargs)
+
+        setattr(engine, name, locked)
 
 
 def check_dtype(engine, dtype) -> np.dtype:

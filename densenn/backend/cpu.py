@@ -9,6 +9,7 @@ returns a copy and leaves ``c`` alone, so every call checks that it got ``c`` ba
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 from scipy.linalg import blas
@@ -72,10 +73,11 @@ class CPUEngine:
         # large elementwise passes run in row blocks on every core (see cpu_threads)
         self.set_threads(threads)
         self._ones: dict = {}  # dtype -> a vector of ones, grown to the largest batch seen
-        self._coefs: dict = {}  # (dtype, n) -> the scalars of an update kernel (see _coef)
         # the db a delta kernel gets when no column sums are wanted
         self._no_sums = {dt: np.empty(0, dt) for dt in _GEMM}
-        self._partials: dict = {}   # (dtype, width) -> row blocks' column sums (see delta)
+        # scratch that a call writes and then reads (update scalars, row blocks' column sums)
+        # is per thread: networks on one engine may train and predict in several threads at once
+        self._local = threading.local()
 
     def set_threads(self, threads: int | None = None) -> None:
         """Split large elementwise passes into ``threads`` row blocks (None: ``$DENSENN_THREADS``,
@@ -94,6 +96,14 @@ class CPUEngine:
 
     def __repr__(self):
         return f"CPUEngine(fused={self.fused}, blas={self.blas!r}, threads={self._blocks.threads})"
+
+    def _scratch(self, kind: str) -> dict:
+        """This thread's scratch of one kind: ``"coefs"`` ((dtype, n) -> an update kernel's
+        scalars, see _coef) or ``"partials"`` ((dtype, width) -> row blocks' column sums)."""
+        local = self._local
+        if not hasattr(local, kind):
+            setattr(local, kind, {})
+        return getattr(local, kind)
 
     def _fuses(self, act, *arrays) -> bool:
         return self.fused and act.name in cpu_fused.FUSED_ACTIVATIONS and \
@@ -268,9 +278,10 @@ class CPUEngine:
     def _partial_sums(self, dtype, m: int, parts: int):
         """Zeroed (parts, m) scratch for the blocks' column sums, kept for the next step."""
         key = (np.dtype(dtype), m)
-        if key not in self._partials or self._partials[key].shape[0] < parts:
-            self._partials[key] = self.zeros((parts, m), dtype)
-        part = self._partials[key][:parts]
+        partials = self._scratch("partials")
+        if key not in partials or partials[key].shape[0] < parts:
+            partials[key] = self.zeros((parts, m), dtype)
+        part = partials[key][:parts]
         part.fill(0)
         return part
 
@@ -339,9 +350,10 @@ class CPUEngine:
     def _coef(self, dtype, values):
         """The update kernels' scalars, written into this engine's vector for them (order: see cpu_fused._adam)."""
         key = (dtype, len(values))
-        if key not in self._coefs:
-            self._coefs[key] = np.empty(len(values), dtype)
-        coef = self._coefs[key]
+        coefs = self._scratch("coefs")
+        if key not in coefs:
+            coefs[key] = np.empty(len(values), dtype)
+        coef = coefs[key]
         coef[:] = values
         return coef
 

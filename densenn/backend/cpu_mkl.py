@@ -181,6 +181,7 @@ class MKLGemm:
         lib.mkl_get_version_string(version, 256)
         self.version = version.value.decode(errors="replace").strip()
         self._set_threads = lib.MKL_Set_Num_Threads
+        self._set_local_threads = lib.MKL_Set_Num_Threads_Local
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork)
 
@@ -188,7 +189,10 @@ class MKLGemm:
         # A forked child has none of the parent's OpenMP worker threads, and GNU OpenMP
         # waits for them forever at the next parallel region: the child's GEMMs run on
         # one thread instead (multiprocessing's "fork" children trained and then hung).
+        # The forking thread's own setting, where one was made, overrides the global one
+        # (a child still hung in its first GEMM after the parent's memory tests): both.
         self._set_threads(1)
+        self._set_local_threads(1)
 
     @staticmethod
     def rows_contiguous(x) -> bool:

@@ -78,7 +78,10 @@ class RowBlocks:
     """Runs ``fn(lo, hi)`` over equal blocks of ``range(n)``, one block per core.
 
     The calling thread takes the last block; ``threads - 1`` workers, started at
-    the first split, take the others. Not reentrant: one engine, one caller.
+    the first split, take the others. Safe to call from several threads at once:
+    the workers serve one pass at a time, and a pass that finds them busy with
+    another thread's runs whole on its own thread (``fn(0, n)``) rather than wait,
+    so callers never block each other and cores are not oversubscribed.
     """
 
     def __init__(self, threads: int | None = None):
@@ -87,6 +90,7 @@ class RowBlocks:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self._workers: list[_Worker] = []
         self._pid = os.getpid()
+        self._busy = threading.Lock()   # held by the thread whose pass the workers run
 
     def splits(self, x) -> bool:
         """Whether a pass over ``x`` is worth splitting: large, and more than one core here."""
@@ -98,11 +102,24 @@ class RowBlocks:
         return [n * i // parts for i in range(parts + 1)]
 
     def run(self, fn, n: int) -> None:
-        """fn(lo, hi) for blocks covering range(n), side by side; returns when all are done."""
+        """fn(lo, hi) for blocks covering range(n), side by side; returns when all are done.
+
+        ``lo`` is always one of ``bounds(n)`` (the whole range is the first block)."""
+        if self._pid != os.getpid():
+            # a forked child: the parent's workers do not exist here, and its lock may have
+            # been held by a thread that is not here either
+            self._workers, self._pid, self._busy = [], os.getpid(), threading.Lock()
+        if not self._busy.acquire(blocking=False):
+            fn(0, n)
+            return
+        try:
+            self._run(fn, n)
+        finally:
+            self._busy.release()
+
+    def _run(self, fn, n: int) -> None:
         bounds = self.bounds(n)
         parts = len(bounds) - 1
-        if self._pid != os.getpid():    # a forked child: the parent's workers do not exist here
-            self._workers, self._pid = [], os.getpid()
         while len(self._workers) < parts - 1:
             self._workers.append(_Worker())
         for worker, lo, hi in zip(self._workers, bounds[:-2], bounds[1:-1]):

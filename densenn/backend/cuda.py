@@ -44,6 +44,7 @@ import os
 
 import numpy as np
 
+from densenn.backend.base import serialize
 from densenn.errors import DensennError, EngineUnavailable
 
 try:
@@ -577,6 +578,10 @@ class CUDAEngine:
         self.set_tf32(_env_flag("DENSENN_TF32") if tf32 is None else bool(tf32))
         if cupy.cuda.runtime.getDeviceCount() > 1:
             self._pin_device()
+        # one operation at a time: networks may share the engine across threads (a CUDA graph
+        # capture, though, records whatever is launched meanwhile: capture from one thread)
+        serialize(self, extra=("set_tf32", "release_all", "pool_used_bytes", "pool_total_bytes", "ones",
+                               "close"))
 
     def __repr__(self):
         return f"CUDAEngine(device={self.device_id}, tf32={self._tf32}, graph_gemm={self.graph_gemm})"

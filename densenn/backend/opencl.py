@@ -38,6 +38,7 @@ from string import Template
 
 import numpy as np
 
+from densenn.backend.base import serialize
 from densenn.errors import DensennError, EngineUnavailable
 
 try:
@@ -540,6 +541,7 @@ class OpenCLEngine:
         self._kernels: dict = {}
         self._idx = None        # int32 device buffer for take_rows' host indices, grown on demand
         self._pending = None    # the last non-blocking upload (see _write)
+        serialize(self)         # one operation at a time: networks may share the engine across threads
 
     def __repr__(self):
         return f"OpenCLEngine({self.device_name!r})"
