@@ -23,11 +23,12 @@ from densenn.optimizer import SGD, Adam, AdamW, CosineDecay, LinearDecay, StepDe
 from densenn.train import History
 
 
-def load(path, engine=None):
-    """Load a network saved with ``Network.save`` (optionally onto another engine)."""
+def load(path, engine=None, dtype=None):
+    """The network saved at ``path`` with ``Network.save``, on ``engine`` (the default engine
+    if None) and in its saved dtype unless ``dtype`` is given (see ``densenn.io``)."""
     from densenn.io import load as _load
 
-    return _load(path, engine=engine)
+    return _load(path, engine=engine, dtype=dtype)
 
 
 __version__ = "0.1.0"
