@@ -71,9 +71,17 @@ def check_choice(name: str, value, choices) -> str:
     return value
 
 
-def check_matrix(name: str, value, *, n_features: int | None = None, allow_empty=False) -> np.ndarray:
+def _is_real_number_dtype(dtype) -> bool:
+    # timedelta64 counts as an integer to NumPy, datetime64 as neither; neither is a feature
+    return dtype != object and dtype.kind in "biuf"
+
+
+def check_matrix(name: str, value, *, n_features: int | None = None, allow_empty=False,
+                 dtype=None) -> np.ndarray:
     """Return ``value`` as a 2-D finite numeric NumPy array (no copy when it already is one).
 
+    With ``dtype`` the result is a C-contiguous array of that dtype, and it is the cast
+    values that must be finite: a float64 1e39 is inf in float32, and is refused.
     Raises DensennError for non-numeric, empty, non-2-D, NaN/inf input, or a
     feature count other than ``n_features``.
     """
@@ -81,19 +89,24 @@ def check_matrix(name: str, value, *, n_features: int | None = None, allow_empty
         arr = np.asarray(value)
     except Exception as exc:  # ragged lists and the like
         raise DensennError(f"{name} must be a numeric 2-D array, got {describe(value)} ({exc})") from None
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise DensennError(f"{name} must be numeric, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.complexfloating):
         raise DensennError(f"{name} must be real, got dtype {arr.dtype}")
+    if not _is_real_number_dtype(arr.dtype):
+        raise DensennError(f"{name} must be numeric (bool, integer or float), got dtype {arr.dtype}")
     if arr.ndim != 2:
         raise DensennError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}")
     if arr.size == 0 and not allow_empty:
         raise DensennError(f"{name} must not be empty, got shape {arr.shape}")
     if n_features is not None and arr.shape[1] != n_features:
         raise DensennError(f"{name} must have {n_features} features (columns), got {arr.shape[1]}")
+    if dtype is not None:
+        with np.errstate(over="ignore"):    # an overflow is reported below, as inf
+            arr = np.ascontiguousarray(arr, dtype=dtype)
     if np.issubdtype(arr.dtype, np.floating) and not _all_finite(arr):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise DensennError(f"{name} contains {bad} NaN or infinite value(s)")
+        limit = f" or beyond the range of {np.dtype(dtype).name} (|x| > {np.finfo(dtype).max:.3g})" \
+            if dtype is not None else ""
+        raise DensennError(f"{name} contains {bad} NaN or infinite value(s){limit}")
     return arr
 
 

@@ -8,6 +8,7 @@ cost's scratch, and runs one allocation-free training step.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,7 +71,7 @@ def prepare_targets(y, n_samples: int, n_out: int, name: str = "y"):
         arr = np.asarray(y)
     except Exception:
         raise DensennError(f"{name} must be a numeric array, got {describe(y)}") from None
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+    if arr.dtype == object or arr.dtype.kind not in "biuf":    # (timedelta64 is an integer to NumPy)
         raise DensennError(f"{name} must be numeric (class indices or targets), got dtype {arr.dtype}")
     if arr.shape[:1] != (n_samples,):
         raise DensennError(f"{name} must have {n_samples} rows (one per sample of x), got shape {arr.shape}")
@@ -312,6 +313,22 @@ class Network:
         self._trainer: TrainingNetwork | None = None
         self.optimizer = None
         self.history = None
+        # one fit (or gradients, set_weights, release) at a time on this network; predict and
+        # evaluate read the weights only and do not take it (see "Threads" in the README)
+        self._lock = threading.RLock()
+
+    # -- pickling ----------------------------------------------------------------------
+    def __reduce__(self):
+        # the engine (threads, device handles) does not pickle: the architecture, the weights,
+        # the engine's name and the shuffling stream's state do, and rebuild the network
+        self._check_alive()
+        return (_unpickle, (self.config(), self.engine.name, self.get_weights(),
+                            self._shuffle_rng.bit_generator.state, self.history))
+
+    def _check_alive(self):
+        if not self.layers:
+            raise DensennError("this network was released (release() or the end of its with-block); "
+                               "it has no weights left to use")
 
     # -- description ---------------------------------------------------------------
     @property
@@ -340,10 +357,12 @@ class Network:
     # -- weights --------------------------------------------------------------------
     def get_weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """[(w, b), ...] as NumPy copies; w is (out, in), b is (out,)."""
+        self._check_alive()
         return [(self.engine.to_host(l.w), self.engine.to_host(l.b)) for l in self.layers]
 
     def set_weights(self, weights) -> None:
         """Overwrite every layer's weights from [(w, b), ...] (NumPy arrays of the shapes get_weights gives)."""
+        self._check_alive()
         try:
             weights = list(weights)
         except TypeError:
@@ -354,26 +373,30 @@ class Network:
         for i, (pair, layer) in enumerate(zip(weights, self.layers)):
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 raise DensennError(f"weights[{i}] must be a (w, b) pair, got {describe(pair)}")
-            w = check_matrix(f"weights[{i}][0] (w)", pair[0])
-            b = np.asarray(pair[1])
+            w = check_matrix(f"weights[{i}][0] (w)", pair[0], dtype=self.dtype)
             if w.shape != (layer.n_out, layer.n_in):
                 raise DensennError(f"weights[{i}][0] (w) must have shape ({layer.n_out}, {layer.n_in}), got {w.shape}")
-            if b.shape != (layer.n_out,) or not np.issubdtype(b.dtype, np.number) or not np.isfinite(b).all():
+            b = np.asarray(pair[1])
+            if b.shape != (layer.n_out,):
                 raise DensennError(f"weights[{i}][1] (b) must be a finite vector of shape ({layer.n_out},), "
                                    f"got {describe(b)}")
+            b = check_matrix(f"weights[{i}][1] (b)", b.reshape(1, -1), dtype=self.dtype)[0]
             checked.append((w, b))
-        for (w, b), layer in zip(checked, self.layers):
-            self.engine.upload(np.ascontiguousarray(w, dtype=self.dtype), layer.w)
-            self.engine.upload(np.ascontiguousarray(b, dtype=self.dtype), layer.b)
+        with self._lock:
+            for (w, b), layer in zip(checked, self.layers):
+                self.engine.upload(w, layer.w)
+                self.engine.upload(b, layer.b)
 
     # -- inference ---------------------------------------------------------------------
     def _check_x(self, x, name="x"):
-        return check_matrix(name, x, n_features=self.n_in)
+        """x as a C-contiguous array of the network's dtype, finite after the cast."""
+        self._check_alive()
+        return check_matrix(name, x, n_features=self.n_in, dtype=self.dtype)
 
     def _forward_chunks(self, x: np.ndarray, chunk: int):
-        """Yield (start, engine output) for consecutive chunks of rows of x."""
+        """Yield (start, engine output) for consecutive chunks of rows of x (of the network's dtype)."""
         for start in range(0, x.shape[0], chunk):
-            a = self.engine.to_engine(np.ascontiguousarray(x[start:start + chunk], dtype=self.dtype))
+            a = self.engine.to_engine(x[start:start + chunk])
             for layer in self.layers:
                 a = layer(a)
             yield start, a
@@ -388,8 +411,16 @@ class Network:
         return out
 
     def predict_classes(self, x, batch_size: int = 4096) -> np.ndarray:
-        """Class indices: argmax of the outputs (or output > 0.5 for a single output)."""
+        """Class indices: argmax of the outputs (or output > 0.5 for a single output).
+
+        DensennError when an output is NaN: there is no class to give (inputs too large for
+        the dtype overflow the network, or its weights diverged)."""
         p = self.predict(x, batch_size)
+        bad = np.isnan(p).any(axis=1)
+        if bad.any():
+            raise DensennError(f"the network's outputs are NaN for {int(bad.sum())} of {len(p)} rows of x "
+                               f"(the first: row {int(bad.argmax())}), so they have no class; inputs of "
+                               f"magnitude near the {self.dtype.name} limit overflow inside the network")
         return (p[:, 0] > 0.5).astype(np.int64) if self.n_out == 1 else p.argmax(axis=1)
 
     def default_cost(self) -> str:
@@ -407,11 +438,12 @@ class Network:
         targets, labels = prepare_targets(y, x.shape[0], self.n_out)
         cost = get_cost(cost or self.default_cost())
         cost.check_targets(targets, "y")
+        targets = check_matrix("y", targets, dtype=self.dtype)
         e = self.engine
         acc = e.zeros((2,), self.dtype)
         for start, a in self._forward_chunks(x, batch_size):
             n = a.shape[0]
-            t = e.to_engine(np.ascontiguousarray(targets[start:start + n], dtype=self.dtype))
+            t = e.to_engine(targets[start:start + n])
             e.cost_value(cost, a, t, e.empty(a.shape, self.dtype), acc[0:1])
             if labels is not None:
                 lab = e.to_engine(labels[start:start + n].astype(index_dtype(e)))
@@ -448,23 +480,27 @@ class Network:
         """Train with mini-batches; returns a :class:`densenn.train.History`. See ``densenn.train.fit``."""
         from densenn.train import fit
 
-        return fit(self, x, y, epochs=epochs, batch_size=batch_size, cost=cost, optimizer=optimizer, **kwargs)
+        self._check_alive()
+        with self._lock:
+            return fit(self, x, y, epochs=epochs, batch_size=batch_size, cost=cost, optimizer=optimizer, **kwargs)
 
     def gradients(self, x, y, cost=None) -> list[tuple[np.ndarray, np.ndarray]]:
         """[(∂C/∂w, ∂C/∂b), ...] of the mean cost over all of (x, y), as NumPy arrays."""
         x = self._check_x(x)
         targets, labels = prepare_targets(y, x.shape[0], self.n_out)
+        targets = check_matrix("y", targets, dtype=self.dtype)
         n = x.shape[0]
         e = self.engine
-        with TrainingNetwork(self, n, cost or self.default_cost()) as tn:
-            e.upload(np.ascontiguousarray(x, dtype=self.dtype), tn.x)
-            e.upload(np.ascontiguousarray(targets, dtype=self.dtype), tn.y)
+        with self._lock, TrainingNetwork(self, n, cost or self.default_cost()) as tn:
+            e.upload(x, tn.x)
+            e.upload(targets, tn.y)
             tn.forward_backward(n, with_labels=False)
             return [(e.to_host(l.dw), e.to_host(l.db)) for l in tn.layers]
 
     # -- engines, memory, saving ---------------------------------------------------------
     def to_engine(self, engine, dtype=None) -> "Network":
         """A copy of this network (same weights) on another engine and/or dtype."""
+        self._check_alive()
         other = Network(self.n_in, self.specs, engine=engine, dtype=dtype or self.dtype, seed=self.seed)
         other.set_weights(self.get_weights())
         return other
@@ -489,15 +525,17 @@ class Network:
         return save(self, path, extra)
 
     def release(self):
-        """Release all engine memory this network owns; the network is unusable afterwards."""
-        if self._trainer is not None:
-            self._trainer.release()
-            self._trainer = None
-        if self.optimizer is not None:
-            self.optimizer.release()
-        for layer in self.layers:
-            layer.release()
-        self.layers = []
+        """Release all engine memory this network owns; the network is unusable afterwards
+        (its methods then raise DensennError). Not to be called while another thread uses it."""
+        with self._lock:
+            if self._trainer is not None:
+                self._trainer.release()
+                self._trainer = None
+            if self.optimizer is not None:
+                self.optimizer.release()
+            for layer in self.layers:
+                layer.release()
+            self.layers = []
 
     def __enter__(self):
         return self
@@ -505,3 +543,13 @@ class Network:
     def __exit__(self, *exc):
         self.release()
 
+
+
+def _unpickle(config, engine_name, weights, shuffle_state, history) -> Network:
+    """The network ``Network.__reduce__`` describes, on the engine of that name here."""
+    net = Network(config["n_in"], [Dense.from_config(c) for c in config["layers"]], engine=engine_name,
+                  dtype=config["dtype"], seed=config["seed"])
+    net.set_weights(weights)
+    net._shuffle_rng.bit_generator.state = shuffle_state
+    net.history = history
+    return net

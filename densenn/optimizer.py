@@ -26,6 +26,15 @@ class Schedule:
 
     name = "constant"
     total_epochs: float | None = None
+    #: whether total_epochs was set by fit (and so is set again by every fit), not by the user
+    horizon_from_fit = False
+
+    def begin_fit(self, epochs: int) -> None:
+        """Called at the start of every ``fit``: a schedule with no horizon of its own spans
+        that fit, and again the next fit it is used in (not just the first one)."""
+        if self.total_epochs is None or self.horizon_from_fit:
+            self.total_epochs = epochs
+            self.horizon_from_fit = True
 
     def factor(self, epoch: float) -> float:
         return 1.0

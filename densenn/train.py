@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 
 import numpy as np
 
 from densenn.cost import get_cost
 from densenn.errors import DensennError, TrainingDiverged, check_matrix, check_positive_int, describe
+from densenn.files import atomic_write
 from densenn.network import index_dtype, prepare_targets
 from densenn.optimizer import Adam, get_optimizer
 
@@ -68,18 +68,12 @@ class History:
         for ax in axes:
             ax.grid(alpha=0.3)
         fig.tight_layout()
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
-        os.close(fd)
         try:
-            fig.savefig(tmp, dpi=100)
-            os.replace(tmp, path)
+            with atomic_write(path, "plot path") as tmp:
+                fig.savefig(tmp, dpi=100, format="png")
         finally:
             plt.close(fig)
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return os.fspath(path)
 
     def __repr__(self):
         return f"History(epochs={self.epochs}, final={ {k: v[-1] for k, v in self.to_dict().items()} })"
@@ -109,13 +103,15 @@ def fit(net, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=
     :class:`TrainingDiverged` and the weights from the start of that epoch
     (the optimizer's momentum/moments are reset: they hold the NaN too).
     """
-    x = check_matrix("x", x, n_features=net.n_in)
+    x = check_matrix("x", x, n_features=net.n_in, dtype=net.dtype)
     n = x.shape[0]
     epochs = check_positive_int("epochs", epochs)
     batch_size = min(check_positive_int("batch_size", batch_size), n)
     targets, labels = prepare_targets(y, n, net.n_out)
     cost = get_cost(cost or net.default_cost())
     cost.check_targets(targets, "y")
+    targets = check_matrix("y", targets, dtype=net.dtype)
+    callbacks = _check_callbacks(callbacks)
     if optimizer is None:
         optimizer = Adam() if lr is None else Adam(lr)
     else:
@@ -124,7 +120,7 @@ def fit(net, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise DensennError(f"validation_data must be a pair (x_val, y_val), got {describe(validation_data)}")
-        xv = check_matrix("validation_data x", validation_data[0], n_features=net.n_in)
+        xv = check_matrix("validation_data x", validation_data[0], n_features=net.n_in, dtype=net.dtype)
         val_targets, _ = prepare_targets(validation_data[1], xv.shape[0], net.n_out, name="validation_data y")
         cost.check_targets(val_targets, "validation_data y")
         val = (xv, validation_data[1])
@@ -133,14 +129,14 @@ def fit(net, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=
     tn = net.trainer(batch_size, cost, gradients=not optimizer.folds_into_gemm)
     optimizer.bind(e, tn.params, dt)
     net.optimizer = optimizer
-    if optimizer.schedule.total_epochs is None:     # a decay with no horizon given spans this fit
-        optimizer.schedule.total_epochs = epochs
+    optimizer.schedule.begin_fit(epochs)
 
     # the whole data set goes to the engine once; batches are gathered there
-    xs = e.to_engine(np.ascontiguousarray(x, dtype=dt))
-    ys = e.to_engine(np.ascontiguousarray(targets, dtype=dt))
+    xs = e.to_engine(x)
+    ys = e.to_engine(targets)
     ls = e.to_engine(labels.astype(index_dtype(e))) if labels is not None else None
     backup = [e.empty(p.shape, dt) for p in tn.params]
+    check = _FiniteCheck(e, tn.params, dt)
 
     steps = math.ceil(n / batch_size)
     history = History()
@@ -161,14 +157,18 @@ def fit(net, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=
                     bar.update(1)
             loss_sum, correct = tn.read_acc(reset=True)
             loss = loss_sum / n
-            if not math.isfinite(loss):
+            # the loss is taken before each update, so the epoch's last updates are seen only
+            # in the weights themselves
+            what = f"the training loss became {loss}" if not math.isfinite(loss) else \
+                None if check.finite(tn.params) else "the weights became NaN or infinite"
+            if what is not None:
                 for p, saved in zip(tn.params, backup):
                     e.copy(saved, p)
                 # the momentum/moments took in the same NaN/inf: without a reset, a retry with a
                 # smaller rate and this optimizer would diverge again at its first step
                 optimizer.reset()
                 raise TrainingDiverged(
-                    f"the training loss became {loss} in epoch {epoch + 1}; training stopped and the weights "
+                    f"{what} in epoch {epoch + 1}; training stopped and the weights "
                     f"from the start of that epoch were kept, the optimizer's state reset (try a smaller "
                     f"learning rate, now {optimizer.current_lr(epoch):g}, or standardised inputs)")
             logs = {"loss": loss, "accuracy": correct / n if labels is not None else None,
@@ -185,9 +185,54 @@ def fit(net, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=
     finally:
         if bar is not None:
             bar.close()
+        check.release()
         for buf in backup + [xs, ys] + ([ls] if ls is not None else []):
             e.release(buf)
     return history
+
+
+def _check_callbacks(callbacks) -> list:
+    """The callbacks as a list, each callable, checked before any training is done."""
+    if callable(callbacks):
+        return [callbacks]
+    try:
+        callbacks = list(callbacks)
+    except TypeError:
+        raise DensennError(f"callbacks must be a list of functions cb(epoch, logs), got {describe(callbacks)}") \
+            from None
+    for i, cb in enumerate(callbacks):
+        if not callable(cb):
+            raise DensennError(f"callbacks[{i}] must be callable as cb(epoch, logs), got {describe(cb)}")
+    return callbacks
+
+
+class _FiniteCheck:
+    """Whether parameters on an engine are all finite, read as one small vector.
+
+    Each weight matrix's column sums (``sum_rows``) and each bias are gathered into
+    one scratch vector on the engine; a NaN or inf anywhere makes its sum NaN or inf.
+    One transfer of (Σ fan-in + Σ units) values, instead of every weight.
+    """
+
+    def __init__(self, engine, params, dtype):
+        self.engine = engine
+        widths = [p.shape[1] if len(p.shape) == 2 else p.shape[0] for p in params]
+        self.sums = engine.empty((sum(widths),), dtype)
+        starts = np.cumsum([0] + widths)
+        self.views = [self.sums[lo:hi] for lo, hi in zip(starts[:-1], starts[1:])]
+
+    def finite(self, params) -> bool:
+        e = self.engine
+        for p, out in zip(params, self.views):
+            if len(p.shape) == 2:
+                e.sum_rows(p, out)
+            else:
+                e.copy(p, out)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return bool(np.isfinite(e.to_host(self.sums)).all())
+
+    def release(self):
+        self.engine.release(self.sums)
 
 
 def _postfix(epoch, epochs, logs) -> dict:
