@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from densenn.backend.cpu_threads import usable_cores
-from densenn.errors import DensennError
+from densenn.errors import DensennError, TrainingDiverged
 
 PROG = "densenn"
 CLI_FORMAT = 1          # version of the "cli" block this command stores in a model's extra
@@ -289,6 +289,42 @@ def _standardizer_from(extra: dict):
         raise DensennError(f"the model's saved standardiser is unreadable: {exc}") from None
 
 
+class _ProbeDone(Exception):
+    """Ends a probe write before its rename: the temporary file was created, that was the test."""
+
+
+def _check_can_create_files(folder: str, what: str) -> None:
+    """DensennError unless a file can really be created in ``folder``.
+
+    ``os.access`` is no answer (it is always true for root, and blind to read-only or
+    special file systems), so this creates a temporary file the way every save does
+    (``densenn.files.atomic_write``) and removes it again before it is renamed."""
+    from densenn.files import atomic_write
+
+    try:
+        with atomic_write(os.path.join(folder, ".densenn-write-probe"), what):
+            raise _ProbeDone
+    except _ProbeDone:
+        return
+    except OSError as exc:
+        raise DensennError(f"{what}: cannot create files in folder {folder!r} "
+                           f"({exc.strerror or _oneline(exc)})") from None
+
+
+def _prepare_out_folder(out_dir: str) -> None:
+    """Create ``--out`` (and its parents) and check that files can be created there, so that
+    a bad ``--out`` fails before the data are loaded and trained on, not after."""
+    what = f"--out {out_dir!r}"
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise DensennError(f"{what} exists and is not a folder")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise DensennError(f"{what}: cannot create the folder ({exc.strerror or _oneline(exc)}"
+                           f"{': ' + repr(exc.filename) if exc.filename else ''})") from None
+    _check_can_create_files(os.path.abspath(out_dir), what)
+
+
 # =========================================================================================
 # train
 # =========================================================================================
@@ -311,10 +347,8 @@ def cmd_train(args) -> int:
 
     check_dtype(engine, args.dtype)
     out_dir = args.out
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise DensennError(f"--out {out_dir!r} exists and is not a folder")
+    _prepare_out_folder(out_dir)
     data = _load_dataset(data_name, args.data_dir, download=args.download)
-    os.makedirs(out_dir, exist_ok=True)      # before training: a bad --out fails now, not after it
     x_train, x_test = data.x_train, data.x_test
     standardizer = None
     if standardize:
@@ -338,10 +372,21 @@ def cmd_train(args) -> int:
                f"engine {engine.name}, {args.dtype}")
 
     start = time.perf_counter()
-    history = net.fit(x_train, data.y_train, epochs=epochs, batch_size=batch_size, cost=cost,
-                      optimizer=optimizer, validation_data=(x_test, data.y_test), progress=not args.no_progress)
+    stopped = None
+    scores = {"accuracy": None, "loss": None}
+    try:
+        history = net.fit(x_train, data.y_train, epochs=epochs, batch_size=batch_size, cost=cost,
+                          optimizer=optimizer, validation_data=(x_test, data.y_test),
+                          progress=not args.no_progress)
+        scores = net.evaluate(x_test, data.y_test, cost=cost)
+    except KeyboardInterrupt:
+        # Ctrl-C: keep the network as trained so far instead of throwing the work away
+        stopped = _stopped("interrupted", net, epochs)
+    except TrainingDiverged as exc:
+        # fit has put back the weights from the start of the diverged epoch: keep those
+        stopped = _stopped("diverged", net, epochs, _oneline(exc))
+    history = net.history
     seconds = time.perf_counter() - start
-    scores = net.evaluate(x_test, data.y_test, cost=cost)
     options = {"data": data_name, "layers": layers, "activation": args.activation, "cost": cost,
                "optimizer": optimizer.config(), "optimizer_name": args.optimizer, "epochs": epochs,
                "batch_size": batch_size, "seed": args.seed, "dtype": args.dtype, "engine": engine.name,
@@ -354,27 +399,63 @@ def cmd_train(args) -> int:
         "n_classes": n_classes,
         "train": options,
         "test_accuracy": scores["accuracy"], "test_loss": scores["loss"],
+        "stopped": stopped,
     }}
     model_path = net.save(os.path.join(out_dir, "model.dn"), extra=_clean(extra))
-    plot_path = history.plot(os.path.join(out_dir, "training.png"), title=data_name)
+    plot_path = None
+    if history is not None and history.epochs:
+        plot_path = history.plot(os.path.join(out_dir, "training.png"), title=data_name)
+    net.release()
 
+    completed = history.epochs if history is not None else 0
+    last = (lambda key: history[key][-1] if completed else None)
     result = {"data": data_name, "test_accuracy": scores["accuracy"], "test_loss": scores["loss"],
-              "train_accuracy": history["accuracy"][-1], "train_loss": history["loss"][-1],
-              "epochs": history.epochs, "batch_size": batch_size, "seconds": seconds,
-              "model_path": os.path.abspath(model_path), "plot_path": os.path.abspath(plot_path),
+              "train_accuracy": last("accuracy"), "train_loss": last("loss"),
+              "epochs": completed, "batch_size": batch_size, "seconds": seconds,
+              "model_path": os.path.abspath(model_path),
+              "plot_path": os.path.abspath(plot_path) if plot_path else None,
               "engine": engine.name, "dtype": args.dtype, "seed": args.seed,
               "optimizer": optimizer.config(), "cost": cost, "standardize": standardize,
               "n_train": len(x_train), "n_test": len(x_test),
-              "architecture": arch, "history": history.to_dict()}
-    net.release()
+              "architecture": arch, "history": history.to_dict() if history is not None else {},
+              "stopped": stopped}
     if args.json:
         _print_json(result)
+    if stopped is not None:
+        return _report_stopped(stopped, model_path, plot_path)
+    if args.json:
         return 0
     print(f"test accuracy {scores['accuracy']:.4f}   test loss {scores['loss']:.4f}   "
           f"({history.epochs} epoch{'s' if history.epochs != 1 else ''} in {seconds:.1f} s)")
     print(f"model: {model_path}")
     print(f"plot:  {plot_path}")
     return 0
+
+
+def _stopped(reason: str, net, epochs: int, message: str | None = None) -> dict:
+    """The note saved in the model's ``cli`` block when training did not run to its end."""
+    history = net.history      # fit's History: the epochs completed before the stop
+    completed = history.epochs if history is not None else 0
+    note = {"reason": reason, "epochs_completed": completed, "epochs_planned": epochs}
+    if message is not None:
+        note["message"] = message
+    return note
+
+
+def _report_stopped(stopped: dict, model_path: str, plot_path: str | None) -> int:
+    """One line on stderr saying what stopped training and where the network went; the exit status."""
+    done, planned = stopped["epochs_completed"], stopped["epochs_planned"]
+    plot = f" (training curves: {plot_path})" if plot_path else ""
+    sys.stdout.flush()
+    if stopped["reason"] == "interrupted":
+        print(f"{PROG}: interrupted after {done} of {planned} epochs; the network as trained so far "
+              f"is saved in {model_path}{plot}", file=sys.stderr)
+        return 130
+    message = stopped["message"]
+    if f"epoch {done + 1}" not in message:
+        message = f"training diverged in epoch {done + 1}: {message}"
+    print(f"{PROG}: error: {message}; those weights are saved in {model_path}{plot}", file=sys.stderr)
+    return 1
 
 
 # =========================================================================================
@@ -436,7 +517,51 @@ def cmd_evaluate(args) -> int:
 # =========================================================================================
 # predict
 # =========================================================================================
+def _csv_rows(path: str) -> np.ndarray:
+    """The numbers of a comma-separated file, one sample per line.
+
+    The first line is skipped as a header only when none of its fields is a number; any
+    other line that is not comma-separated numbers, or has another count of them than the
+    first row, is a DensennError naming the file and the line."""
+    def fail(lineno: int, why: str):
+        raise DensennError(f"input file {path!r}, line {lineno}: {why}; expected comma-separated numbers, "
+                           f"the same count on every row")
+
+    def number(text: str):
+        try:
+            return float(text)
+        except ValueError:
+            return None
+
+    rows, width = [], None
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                line = line.strip()
+                if not line:
+                    continue
+                fields = [field.strip() for field in line.split(",")]
+                values = [number(field) for field in fields]
+                if lineno == 1 and all(v is None for v in values) and len(fields) > 1:
+                    continue        # a header: names, not numbers
+                bad = next((field for field, v in zip(fields, values) if v is None), None)
+                if bad is not None:
+                    fail(lineno, f"{bad[:40]!r} is not a number")
+                if width is None:
+                    width = len(values)
+                elif len(values) != width:
+                    fail(lineno, f"{len(values)} values where the first row has {width}")
+                rows.append(values)
+    except UnicodeDecodeError:
+        raise DensennError(f"input file {path!r} is not a text CSV file") from None
+    if not rows:
+        raise DensennError(f"input file {path!r} holds no rows of numbers")
+    return np.array(rows, dtype=np.float64)
+
+
 def _read_samples(path: str) -> np.ndarray:
+    if os.path.isdir(path):
+        raise DensennError(f"input file {path!r} is a folder; expected a .npy or .csv file")
     if not os.path.isfile(path):
         raise DensennError(f"input file {path!r} does not exist")
     ext = os.path.splitext(path)[1].lower()
@@ -446,21 +571,25 @@ def _read_samples(path: str) -> np.ndarray:
         except Exception as exc:
             raise DensennError(f"input file {path!r} is not a readable .npy array: {_oneline(exc)}") from None
     elif ext == ".csv":
-        arr = None
-        for skip in (0, 1):      # a header line is allowed
-            try:
-                arr = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64, skiprows=skip)
-                break
-            except ValueError as exc:
-                error = exc
-        if arr is None:
-            raise DensennError(f"input file {path!r} is not a CSV of numbers: {_oneline(error)}")
+        arr = _csv_rows(path)
     else:
         raise DensennError(f"input file {path!r}: expected a .npy or .csv file")
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) \
             or np.issubdtype(arr.dtype, np.complexfloating):
         raise DensennError(f"input file {path!r} must hold real numbers, got dtype {arr.dtype}")
     return arr
+
+
+def _write_predictions(path: str, result: np.ndarray, proba: bool) -> None:
+    """``result`` into exactly the file ``path`` (.npy or .csv, any case), atomically."""
+    from densenn.files import atomic_write
+
+    with atomic_write(path, "--output") as tmp:
+        if path.lower().endswith(".npy"):
+            with open(tmp, "wb") as f:      # np.save to a name would append ".npy" to "OUT.NPY"
+                np.save(f, result)
+        else:
+            np.savetxt(tmp, result.reshape(len(result), -1), delimiter=",", fmt="%.8g" if proba else "%d")
 
 
 def _as_rows(arr: np.ndarray, n_in: int, path: str) -> np.ndarray:
@@ -480,8 +609,13 @@ def _as_rows(arr: np.ndarray, n_in: int, path: str) -> np.ndarray:
 def cmd_predict(args) -> int:
     from densenn.io import load, load_extra
 
-    if args.output is not None and os.path.splitext(args.output)[1].lower() not in (".npy", ".csv"):
-        raise DensennError(f"--output {args.output!r}: expected a .npy or .csv file name")
+    if args.output is not None:
+        if os.path.splitext(args.output)[1].lower() not in (".npy", ".csv"):
+            raise DensennError(f"--output {args.output!r}: expected a .npy or .csv file name")
+        from densenn.files import check_writable_folder
+
+        # before the prediction, which may be long: a bad --output fails now
+        _check_can_create_files(check_writable_folder(args.output, "--output"), f"--output {args.output!r}")
     extra = load_extra(args.model)
     net = load(args.model, engine=_engine(args.engine))
     x = _as_rows(_read_samples(args.input), net.n_in, args.input)
@@ -495,14 +629,7 @@ def cmd_predict(args) -> int:
         result = net.predict_classes(x).astype(np.int64)
     net.release()
     if args.output is not None:
-        folder = os.path.dirname(os.path.abspath(args.output))
-        if not os.path.isdir(folder):
-            raise DensennError(f"--output {args.output!r}: folder {folder!r} does not exist")
-        if args.output.lower().endswith(".npy"):
-            np.save(args.output, result)
-        else:
-            np.savetxt(args.output, result.reshape(len(result), -1), delimiter=",",
-                       fmt="%.8g" if args.proba else "%d")
+        _write_predictions(args.output, result, args.proba)
     if args.json:
         _print_json({"model_path": os.path.abspath(args.model), "input": os.path.abspath(args.input),
                      "n_samples": len(result), "output": os.path.abspath(args.output) if args.output else None,

@@ -351,3 +351,21 @@ def test_a_network_pickles_after_a_large_batch_fit_and_serves_a_process_pool():
         got = pool.map(_predict_rows, [(net, c) for c in chunks])
     for g, c in zip(got, chunks):
         np.testing.assert_allclose(g, net.predict(c), rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_forked_child_trains_after_the_memory_tests():
+    """The fork test passed alone but its child hung in its first MKL GEMM when the memory
+    tests (MKL limited to one thread by threadpoolctl around each) had run before it in the
+    same process: the forking thread's own MKL setting overrode the child's global one."""
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    fork_test = "test_cpu_threads.py::test_a_forked_child_trains_after_the_parent_used_every_thread_pool"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "test_memory.py::test_nbytes_accounts_for_every_part", fork_test],
+                          cwd=here, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "3 passed" in done.stdout
