@@ -22,7 +22,8 @@ import time
 import numpy as np
 
 from densenn.backend.cpu_threads import usable_cores
-from densenn.errors import DensennError, TrainingDiverged
+from densenn.errors import DensennError, TrainingDiverged, is_real_number_dtype
+from densenn.files import atomic_write, check_writable_folder
 
 PROG = "densenn"
 CLI_FORMAT = 1          # version of the "cli" block this command stores in a model's extra
@@ -289,28 +290,6 @@ def _standardizer_from(extra: dict):
         raise DensennError(f"the model's saved standardiser is unreadable: {exc}") from None
 
 
-class _ProbeDone(Exception):
-    """Ends a probe write before its rename: the temporary file was created, that was the test."""
-
-
-def _check_can_create_files(folder: str, what: str) -> None:
-    """DensennError unless a file can really be created in ``folder``.
-
-    ``os.access`` is no answer (it is always true for root, and blind to read-only or
-    special file systems), so this creates a temporary file the way every save does
-    (``densenn.files.atomic_write``) and removes it again before it is renamed."""
-    from densenn.files import atomic_write
-
-    try:
-        with atomic_write(os.path.join(folder, ".densenn-write-probe"), what):
-            raise _ProbeDone
-    except _ProbeDone:
-        return
-    except OSError as exc:
-        raise DensennError(f"{what}: cannot create files in folder {folder!r} "
-                           f"({exc.strerror or _oneline(exc)})") from None
-
-
 def _prepare_out_folder(out_dir: str) -> None:
     """Create ``--out`` (and its parents) and check that files can be created there, so that
     a bad ``--out`` fails before the data are loaded and trained on, not after."""
@@ -322,7 +301,7 @@ def _prepare_out_folder(out_dir: str) -> None:
     except OSError as exc:
         raise DensennError(f"{what}: cannot create the folder ({exc.strerror or _oneline(exc)}"
                            f"{': ' + repr(exc.filename) if exc.filename else ''})") from None
-    _check_can_create_files(os.path.abspath(out_dir), what)
+    check_writable_folder(os.path.join(out_dir, "model.dn"), "--out")
 
 
 # =========================================================================================
@@ -574,16 +553,13 @@ def _read_samples(path: str) -> np.ndarray:
         arr = _csv_rows(path)
     else:
         raise DensennError(f"input file {path!r}: expected a .npy or .csv file")
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) \
-            or np.issubdtype(arr.dtype, np.complexfloating):
+    if not is_real_number_dtype(arr.dtype):
         raise DensennError(f"input file {path!r} must hold real numbers, got dtype {arr.dtype}")
     return arr
 
 
 def _write_predictions(path: str, result: np.ndarray, proba: bool) -> None:
     """``result`` into exactly the file ``path`` (.npy or .csv, any case), atomically."""
-    from densenn.files import atomic_write
-
     with atomic_write(path, "--output") as tmp:
         if path.lower().endswith(".npy"):
             with open(tmp, "wb") as f:      # np.save to a name would append ".npy" to "OUT.NPY"
@@ -612,10 +588,7 @@ def cmd_predict(args) -> int:
     if args.output is not None:
         if os.path.splitext(args.output)[1].lower() not in (".npy", ".csv"):
             raise DensennError(f"--output {args.output!r}: expected a .npy or .csv file name")
-        from densenn.files import check_writable_folder
-
-        # before the prediction, which may be long: a bad --output fails now
-        _check_can_create_files(check_writable_folder(args.output, "--output"), f"--output {args.output!r}")
+        check_writable_folder(args.output, "--output")    # before the prediction, which may be long
     extra = load_extra(args.model)
     net = load(args.model, engine=_engine(args.engine))
     x = _as_rows(_read_samples(args.input), net.n_in, args.input)

@@ -71,8 +71,9 @@ def check_choice(name: str, value, choices) -> str:
     return value
 
 
-def _is_real_number_dtype(dtype) -> bool:
-    # timedelta64 counts as an integer to NumPy, datetime64 as neither; neither is a feature
+def is_real_number_dtype(dtype) -> bool:
+    """Bool, integer or real float: what a feature or a target may be. (timedelta64 counts as
+    an integer to NumPy, datetime64 as neither; complex is not real.)"""
     return dtype != object and dtype.kind in "biuf"
 
 
@@ -91,7 +92,7 @@ def check_matrix(name: str, value, *, n_features: int | None = None, allow_empty
         raise DensennError(f"{name} must be a numeric 2-D array, got {describe(value)} ({exc})") from None
     if np.issubdtype(arr.dtype, np.complexfloating):
         raise DensennError(f"{name} must be real, got dtype {arr.dtype}")
-    if not _is_real_number_dtype(arr.dtype):
+    if not is_real_number_dtype(arr.dtype):
         raise DensennError(f"{name} must be numeric (bool, integer or float), got dtype {arr.dtype}")
     if arr.ndim != 2:
         raise DensennError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}")

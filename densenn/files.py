@@ -85,17 +85,37 @@ def _fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
-def check_writable_folder(path, what: str = "path") -> str:
-    """The absolute folder a file at ``path`` would go into; DensennError unless it exists
-    and this process may create files there."""
-    path = os.fspath(path)
+def _target_folder(path: str, what: str) -> str:
+    """The absolute folder a file at ``path`` goes into; DensennError unless it exists and
+    ``path`` is not itself a folder."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise DensennError(f"{what} {path!r}: folder {folder!r} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise DensennError(f"{what} {path!r}: folder {folder!r} is not writable")
     if os.path.isdir(path):
         raise DensennError(f"{what} {path!r} is a folder; expected a file name")
+    return folder
+
+
+def _temporary(path: str, folder: str, what: str) -> str:
+    """Create the (empty, private) temporary file of one write of ``path``; returns its path.
+
+    Creating a file is the only true test of a folder: ``os.access`` says yes to root, and
+    knows nothing of read-only or special file systems."""
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{next(_writes)}{TMP_SUFFIX}")
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise DensennError(f"{what} {path!r}: cannot create files in folder {folder!r} "
+                           f"({exc.strerror or exc})") from None
+    return tmp
+
+
+def check_writable_folder(path, what: str = "path") -> str:
+    """The absolute folder a file at ``path`` would go into; DensennError unless it exists
+    and a file can be created there (one is, and removed again)."""
+    path = os.fspath(path)
+    folder = _target_folder(path, what)
+    os.unlink(_temporary(path, folder, what))
     return folder
 
 
@@ -104,19 +124,17 @@ def atomic_write(path, what: str = "path"):
     """``with atomic_write(path) as tmp:`` write the whole file at ``tmp`` (a path); on a
     normal exit it becomes ``path``, on any exception (Ctrl-C included) it is removed.
 
-    DensennError (naming ``what``) when the folder is missing or not writable.
+    DensennError (naming ``what``) when the folder is missing or no file can be created there.
     """
     path = os.fspath(path)
-    folder = check_writable_folder(path, what)
+    folder = _target_folder(path, what)
     remove_stale_temporaries(folder)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{next(_writes)}{TMP_SUFFIX}")
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)      # a replaced file keeps its mode
     except FileNotFoundError:
         mode = 0o666 & ~_umask()
+    tmp = _temporary(path, folder, what)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.close(fd)
         yield tmp
         with open(tmp, "rb+") as f:
             f.flush()

@@ -17,7 +17,7 @@ from densenn.activation import Activation, get_activation
 from densenn.backend import check_dtype, get_engine
 from densenn.cost import get_cost
 from densenn.errors import DensennError, check_choice, check_matrix, check_nonnegative_int, \
-    check_positive_int, describe
+    check_positive_int, describe, is_real_number_dtype
 from densenn.init import INITIALIZERS, default_init, init_weights
 from densenn.layer import DenseInference, DenseTraining
 
@@ -71,7 +71,7 @@ def prepare_targets(y, n_samples: int, n_out: int, name: str = "y"):
         arr = np.asarray(y)
     except Exception:
         raise DensennError(f"{name} must be a numeric array, got {describe(y)}") from None
-    if arr.dtype == object or arr.dtype.kind not in "biuf":    # (timedelta64 is an integer to NumPy)
+    if not is_real_number_dtype(arr.dtype):
         raise DensennError(f"{name} must be numeric (class indices or targets), got dtype {arr.dtype}")
     if arr.shape[:1] != (n_samples,):
         raise DensennError(f"{name} must have {n_samples} rows (one per sample of x), got shape {arr.shape}")
@@ -542,7 +542,6 @@ class Network:
 
     def __exit__(self, *exc):
         self.release()
-
 
 
 def _unpickle(config, engine_name, weights, shuffle_state, history) -> Network:

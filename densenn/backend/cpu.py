@@ -39,6 +39,15 @@ def _aligned(shape, dtype, zero: bool) -> np.ndarray:
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
+class _Scratch(threading.local):
+    """Scratch that a call writes and then reads back, one set per thread: networks on one
+    engine may train and predict in several threads at once."""
+
+    def __init__(self):
+        self.coefs: dict = {}       # (dtype, n) -> the scalars of an update kernel (see _coef)
+        self.partials: dict = {}    # (dtype, width) -> row blocks' column sums (see delta)
+
+
 def _rows(x, lo, hi):
     """Rows lo:hi of an optional buffer (an activation's working memory may be None)."""
     return None if x is None else x[lo:hi]
@@ -75,9 +84,7 @@ class CPUEngine:
         self._ones: dict = {}  # dtype -> a vector of ones, grown to the largest batch seen
         # the db a delta kernel gets when no column sums are wanted
         self._no_sums = {dt: np.empty(0, dt) for dt in _GEMM}
-        # scratch that a call writes and then reads (update scalars, row blocks' column sums)
-        # is per thread: networks on one engine may train and predict in several threads at once
-        self._local = threading.local()
+        self._scratch = _Scratch()
 
     def set_threads(self, threads: int | None = None) -> None:
         """Split large elementwise passes into ``threads`` row blocks (None: ``$DENSENN_THREADS``,
@@ -96,14 +103,6 @@ class CPUEngine:
 
     def __repr__(self):
         return f"CPUEngine(fused={self.fused}, blas={self.blas!r}, threads={self._blocks.threads})"
-
-    def _scratch(self, kind: str) -> dict:
-        """This thread's scratch of one kind: ``"coefs"`` ((dtype, n) -> an update kernel's
-        scalars, see _coef) or ``"partials"`` ((dtype, width) -> row blocks' column sums)."""
-        local = self._local
-        if not hasattr(local, kind):
-            setattr(local, kind, {})
-        return getattr(local, kind)
 
     def _fuses(self, act, *arrays) -> bool:
         return self.fused and act.name in cpu_fused.FUSED_ACTIVATIONS and \
@@ -278,7 +277,7 @@ class CPUEngine:
     def _partial_sums(self, dtype, m: int, parts: int):
         """Zeroed (parts, m) scratch for the blocks' column sums, kept for the next step."""
         key = (np.dtype(dtype), m)
-        partials = self._scratch("partials")
+        partials = self._scratch.partials
         if key not in partials or partials[key].shape[0] < parts:
             partials[key] = self.zeros((parts, m), dtype)
         part = partials[key][:parts]
@@ -350,7 +349,7 @@ class CPUEngine:
     def _coef(self, dtype, values):
         """The update kernels' scalars, written into this engine's vector for them (order: see cpu_fused._adam)."""
         key = (dtype, len(values))
-        coefs = self._scratch("coefs")
+        coefs = self._scratch.coefs
         if key not in coefs:
             coefs[key] = np.empty(len(values), dtype)
         coef = coefs[key]
