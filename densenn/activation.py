@@ -1,47 +1,54 @@
 """Activation functions that know their derivative.
 
-Each activation is described once, here, in two forms that sit side by side:
+Each activation is declared once, here. Its arithmetic is two expressions in the
+language of :mod:`densenn.kernels.expr`: ``f`` (the value, of ``z`` and the
+parameter ``p``) and ``df`` (the derivative). From them come four declared
+operations (:class:`densenn.kernels.ops.Map`) that every engine runs:
 
-* NumPy kernels (``np_activ``, ``np_prime``, ``np_delta``) that the CPU engine runs.
-  They write only into the arrays they are given and allocate nothing, so a
-  training step stays allocation-free.
-* C expressions (``c_activ``, ``c_prime``) of the variable ``z`` (and the
-  parameter ``p``) that the OpenCL and CUDA engines compile into elementwise
-  kernels, including the fused backward kernel ``z = prime(z) * a``.
-* Scalar Python functions (``py_activ``, ``py_prime``) of ``z`` and ``p`` that
-  the CPU engine compiles with Numba, when it is installed, into the same fused
-  kernels (one pass instead of NumPy's several).
+* ``activ``: a = f(z), keeps z;
+* ``bias_activ``: z += b, then a = f(z) (the forward step after the GEMM);
+* ``prime``: z = f'(z), overwrites z;
+* ``delta``: z = f'(z) ∘ a, the backward pass's ``delta = prime(z) ∘ a`` (``a`` holds
+  the signal from the layer above and may be overwritten as scratch).
 
-The seed's contract holds for every activation:
-
-* ``activ(z, a)`` writes f(z) into ``a`` and keeps ``z``;
-* ``prime(z)`` overwrites ``z`` with f'(z);
-* ``delta(z, a)`` overwrites ``z`` with f'(z) ∘ a, the backward pass's
-  ``delta = prime(z) ∘ a`` (``a`` holds the signal from the layer above and may
-  be overwritten as scratch).
+The GPU engines compile the expressions to C, the CPU engine to a Numba loop, or runs
+the NumPy kernels beside them (``np_activ``, ``np_prime``, ``np_delta``: they write only
+into the arrays they are given, so a training step stays allocation-free). Which CPU
+form is faster is declared too (``cpu``): NumPy's SIMD ``tanh``/``exp`` beat a scalar
+loop calling libm, so sigmoid, tanh, softplus and ELU run NumPy's; the delta of tanh
+and sigmoid is split: NumPy's ``tanh`` pass, then one loop for the arithmetic around it.
+Softmax is row-wise: a C body per row and a Numba form over rows.
 
 Formulas are chosen so |z| up to 1e4 gives no overflow warning and no NaN:
 sigmoid goes through tanh (as in the seed), tanh's derivative is 1 - tanh²
 rather than the seed's 1/cosh², softplus uses logaddexp, ELU exponentiates only
-min(z, 0).
+min(z, 0). The comparisons are written so that a NaN z falls through to z itself:
+every engine propagates NaN as NumPy's maximum/heaviside do.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from densenn.errors import DensennError, check_choice, describe
+from densenn.kernels.numpy_eval import numpy_form
+from densenn.kernels.ops import Map, RowMap
 
 
 class Activation:
     """Base class: an activation function and its derivative.
 
-    ``param`` is the activation's one hyper-parameter where it has one (the
-    slope of leaky ReLU, the alpha of ELU); ``work_kind`` says what working
-    memory a training layer must give it: ``None`` (none), ``"full"`` (an array
-    shaped like ``z``) or ``"row"`` (one value per sample, shape ``(batch, 1)``).
+    A subclass declares ``name``, ``f`` and ``df`` (expressions of ``z`` and ``p``, see
+    the module docstring); its operations (``ops``) are made from them once, when the
+    class is defined. ``param`` is the activation's one hyper-parameter where it has
+    one (the slope of leaky ReLU, the alpha of ELU); ``work_kind`` says what working
+    memory a training layer must give it: ``None`` (none), ``"full"`` (an array shaped
+    like ``z``) or ``"row"`` (one value per sample, shape ``(batch, 1)``). The NumPy
+    kernels ``np_activ``/``np_prime``/``np_delta`` are optional: without them the
+    NumPy path evaluates ``f`` and ``df`` with temporaries (correct, not allocation-free).
     """
 
     name: str = ""
@@ -49,16 +56,54 @@ class Activation:
     work_kind: str | None = None
     #: True when f'(z) is elementwise; softmax's Jacobian is not.
     elementwise: bool = True
-    c_activ: str = ""
-    c_prime: str = ""
-    py_activ = None   # scalar f(z, p) for the Numba kernels; None for softmax
-    py_prime = None
-    #: for an f' built on a transcendental function (tanh, sigmoid), the delta in two parts:
-    #: ``np_delta_head(z)``, NumPy's SIMD pass(es) z → t in place, then ``py_delta_tail(t, g, p)``,
-    #: the arithmetic that gives f'(z)·g from t, which a fused kernel does in one more pass
-    #: (NumPy would need three); both None where there is no such split
+    f: str = ""
+    df: str = ""
+    #: the faster CPU form: "numba" (a loop of f) or "numpy" (the np_* kernels)
+    cpu: str = "numba"
+    #: for an f' built on a transcendental function (tanh, sigmoid), the CPU delta in two
+    #: parts: ``np_delta_head(z)``, NumPy's SIMD pass(es) z → t in place, then the loop
+    #: ``z = delta_tail`` (an expression of t, written z, and the signal a); None: no split
     np_delta_head = None
-    py_delta_tail = None
+    delta_tail: str | None = None
+    ops = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.f:
+            cls.ops = _elementwise_ops(cls)
+
+    # -- running on an engine ---------------------------------------------------
+    def activ(self, engine, z, a, work=None):
+        """a = f(z); keeps z. Returns a."""
+        engine.map(self.ops.activ, (z, a), (self.param,), work=work)
+        return a
+
+    def bias_activ(self, engine, z, b, a, work=None):
+        """z += b, then a = f(z) (b one value per column). Overwrites z and a; returns a."""
+        engine.map(self.ops.bias_activ, (z, b, a), (self.param,), work=work)
+        return a
+
+    def prime(self, engine, z, work=None):
+        """z = f'(z). Overwrites z; returns z."""
+        engine.map(self.ops.prime, (z,), (self.param,), work=work)
+        return z
+
+    def delta(self, engine, z, a, work=None, db=None):
+        """z = f'(z) ∘ a. Overwrites z; a may be used as scratch. With ``db``, also
+        db = Σ rows of the new z (∇b; one pass where the engine can). Overwrites db."""
+        engine.map(self.ops.delta, (z, a), (self.param,), work=work, sums=db)
+        return z
+
+    @classmethod
+    def _with_param(cls, p) -> "Activation":
+        """An instance with parameter p, kept: the NumPy forms call its np_* kernels."""
+        kept = cls.__dict__.get("_kept")
+        if kept is None:
+            kept = cls._kept = {}
+        inst = kept.get(p)
+        if inst is None:
+            inst = kept[p] = cls(p) if cls.param or p else cls()
+        return inst
 
     # -- the NumPy kernels; subclasses override --------------------------
     def np_activ(self, z, a, work=None):
@@ -89,6 +134,54 @@ class Activation:
         return hash((type(self), self.param))
 
 
+class ActivationOps(NamedTuple):
+    """The declared operations of one activation (see Activation's methods)."""
+
+    activ: Map | RowMap
+    bias_activ: Map | RowMap
+    prime: Map | RowMap
+    delta: Map | RowMap
+
+
+def _np_form(cls, method: str, bias: bool = False):
+    """The NumPy form of one operation: the activation's np_* kernel where the class has
+    one, else f/df evaluated with NumPy temporaries."""
+    # the base np_delta is np_prime then a product: a class with its own np_prime has one
+    own = "np_prime" if method == "np_delta" else method
+    if getattr(cls, method) is getattr(Activation, method) and getattr(cls, own) is getattr(Activation, own):
+        return None
+
+    if bias:
+        def run(engine, arrays, scalars, work):
+            z, b, a = arrays
+            engine.add_bias(z, b)
+            getattr(cls._with_param(scalars[0]), method)(z, a, work)
+    elif method == "np_prime":
+        def run(engine, arrays, scalars, work):
+            getattr(cls._with_param(scalars[0]), method)(arrays[0], work)
+    else:
+        def run(engine, arrays, scalars, work):
+            getattr(cls._with_param(scalars[0]), method)(arrays[0], arrays[1], work)
+    return run
+
+
+def _elementwise_ops(cls) -> ActivationOps:
+    n = cls.name or cls.__name__.lower()
+    f, df = cls.f, cls.df or "0"
+    prefer = cls.cpu
+    pre = {} if cls.delta_tail is None else {"cpu_prepass": cls.np_delta_head, "cpu_body": f"z = {cls.delta_tail}"}
+    return ActivationOps(
+        Map(f"{n}_activ", "z a", writes="a", scalars="p", body=f"a = {f}", cpu=prefer,
+            numpy=_np_form(cls, "np_activ") or numpy_form("z a", "p", f"a = {f}")),
+        Map(f"{n}_bias_activ", "z b:col a", writes="z a", scalars="p", body=f"z = z + b\na = {f}", cpu=prefer,
+            numpy=_np_form(cls, "np_activ", bias=True) or numpy_form("z b a", "p", f"z = z + b\na = {f}")),
+        Map(f"{n}_prime", "z", writes="z", scalars="p", body=f"z = {df}", cpu=prefer,
+            numpy=_np_form(cls, "np_prime") or numpy_form("z", "p", f"z = {df}")),
+        Map(f"{n}_delta", "z a", writes="z", scalars="p", body=f"z = ({df}) * a",
+            cpu="numba" if pre else prefer, **pre,
+            numpy=_np_form(cls, "np_delta") or numpy_form("z a", "p", f"z = ({df}) * a")))
+
+
 def _expit(z, out):
     """out = σ(z) = 1 / (1 + e^-z) in four of NumPy's SIMD passes; ``out`` may be ``z``.
 
@@ -105,18 +198,14 @@ def _expit(z, out):
 
 class Sigmoid(Activation):
     name = "sigmoid"
-    c_activ = "(T)0.5 * tanh((T)0.5 * z) + (T)0.5"
-    c_prime = "(T)0.25 * ((T)1 - tanh((T)0.5 * z) * tanh((T)0.5 * z))"
+    f = "0.5 * tanh(0.5 * z) + 0.5"
+    df = "0.25 * (1 - tanh(0.5 * z) * tanh(0.5 * z))"
+    cpu = "numpy"
+    #: σ'(z)·g with t = tanh(z/2), after np_delta_head
+    delta_tail = "0.25 * (a - z * z * a)"
 
 
-    @staticmethod
-    def py_activ(z, p):
-        return 0.5 * math.tanh(0.5 * z) + 0.5
 
-    @staticmethod
-    def py_prime(z, p):
-        t = math.tanh(0.5 * z)
-        return 0.25 * (1.0 - t * t)
 
     def np_activ(self, z, a, work=None):
         # 1/(1 + e^-z), not the seed's ½·tanh(z/2) + ½: that form rounds σ(-30) to 0 in
@@ -131,29 +220,22 @@ class Sigmoid(Activation):
         np.multiply(z, 0.25, out=z)
         return z
 
-    def np_delta_head(self, z):
+    @staticmethod
+    def np_delta_head(z):
         np.multiply(z, 0.5, out=z)
         return np.tanh(z, out=z)
 
-    @staticmethod
-    def py_delta_tail(t, g, p):
-        return 0.25 * (g - t * t * g)       # σ'(z)·g with t = tanh(z/2)
 
 
 class Tanh(Activation):
     name = "tanh"
-    c_activ = "tanh(z)"
-    c_prime = "(T)1 - tanh(z) * tanh(z)"
+    f = "tanh(z)"
+    df = "1 - tanh(z) * tanh(z)"
+    cpu = "numpy"
+    delta_tail = "a - z * z * a"    # (1 - t²)·g with t = tanh(z), after np_delta_head
 
 
-    @staticmethod
-    def py_activ(z, p):
-        return math.tanh(z)
 
-    @staticmethod
-    def py_prime(z, p):
-        t = math.tanh(z)
-        return 1.0 - t * t
 
     def np_activ(self, z, a, work=None):
         return np.tanh(z, out=a)
@@ -164,29 +246,20 @@ class Tanh(Activation):
         np.subtract(1.0, z, out=z)
         return z
 
-    def np_delta_head(self, z):
+    @staticmethod
+    def np_delta_head(z):
         return np.tanh(z, out=z)
 
-    @staticmethod
-    def py_delta_tail(t, g, p):
-        return g - t * t * g        # (1 - t²)·g with no float literal: float32 stays float32
 
 
 class ReLU(Activation):
     name = "relu"
-    # the comparisons are written so that a NaN z falls through to z itself: every engine
-    # propagates NaN as NumPy's maximum/heaviside do (``z > 0 ? z : 0`` would make it 0)
-    c_activ = "z < (T)0 ? (T)0 : z"
-    c_prime = "z > (T)0 ? (T)1 : (z <= (T)0 ? (T)0 : z)"
+    # written so that a NaN z falls through to z itself (``z if z > 0 else 0`` would make it 0)
+    f = "0 if z < 0 else z"
+    df = "1 if z > 0 else (0 if z <= 0 else z)"
 
 
-    @staticmethod
-    def py_activ(z, p):
-        return 0.0 if z < 0.0 else z
 
-    @staticmethod
-    def py_prime(z, p):
-        return 1.0 if z > 0.0 else (0.0 if z <= 0.0 else z)
 
     def np_activ(self, z, a, work=None):
         return np.maximum(z, 0.0, out=a)
@@ -198,8 +271,8 @@ class ReLU(Activation):
 
 class LeakyReLU(Activation):
     name = "leaky_relu"
-    c_activ = "z > (T)0 ? z : (T)p * z"
-    c_prime = "z > (T)0 ? (T)1 : (z <= (T)0 ? (T)p : z)"     # NaN stays NaN, as with ReLU
+    f = "z if z > 0 else p * z"
+    df = "1 if z > 0 else (p if z <= 0 else z)"     # NaN stays NaN, as with ReLU
 
     def __init__(self, slope: float = 0.01):
         if not (isinstance(slope, (int, float)) and 0.0 <= slope < 1.0):
@@ -207,13 +280,7 @@ class LeakyReLU(Activation):
         self.param = float(slope)
 
 
-    @staticmethod
-    def py_activ(z, p):
-        return z if z > 0.0 else p * z
 
-    @staticmethod
-    def py_prime(z, p):
-        return 1.0 if z > 0.0 else (p if z <= 0.0 else z)
 
     def np_activ(self, z, a, work=None):
         # max(z, p·z) is f(z) for 0 <= p < 1.
@@ -230,8 +297,9 @@ class LeakyReLU(Activation):
 class ELU(Activation):
     name = "elu"
     work_kind = "full"
-    c_activ = "z > (T)0 ? z : (T)p * expm1(z)"
-    c_prime = "z > (T)0 ? (T)1 : (T)p * exp(z)"
+    f = "z if z > 0 else p * expm1(z)"
+    df = "1 if z > 0 else p * exp(z)"
+    cpu = "numpy"
 
     def __init__(self, alpha: float = 1.0):
         if not (isinstance(alpha, (int, float)) and alpha > 0 and np.isfinite(alpha)):
@@ -239,13 +307,7 @@ class ELU(Activation):
         self.param = float(alpha)
 
 
-    @staticmethod
-    def py_activ(z, p):
-        return z if z > 0.0 else p * math.expm1(z)
 
-    @staticmethod
-    def py_prime(z, p):
-        return 1.0 if z > 0.0 else p * math.exp(z)
 
     def np_activ(self, z, a, work=None):
         work = np.empty_like(z) if work is None else work
@@ -269,17 +331,12 @@ class ELU(Activation):
 
 class Softplus(Activation):
     name = "softplus"
-    c_activ = "z > (T)0 ? z + log1p(exp(-z)) : log1p(exp(z))"
-    c_prime = "(T)0.5 * tanh((T)0.5 * z) + (T)0.5"
+    f = "z + log1p(exp(-z)) if z > 0 else log1p(exp(z))"
+    df = "0.5 * tanh(0.5 * z) + 0.5"
+    cpu = "numpy"
 
 
-    @staticmethod
-    def py_activ(z, p):
-        return z + math.log1p(math.exp(-z)) if z > 0.0 else math.log1p(math.exp(z))
 
-    @staticmethod
-    def py_prime(z, p):
-        return 0.5 * math.tanh(0.5 * z) + 0.5
 
     def np_activ(self, z, a, work=None):
         return np.logaddexp(0.0, z, out=a)
@@ -290,17 +347,11 @@ class Softplus(Activation):
 
 class Linear(Activation):
     name = "linear"
-    c_activ = "z"
-    c_prime = "(T)1"
+    f = "z"
+    df = "1"
 
 
-    @staticmethod
-    def py_activ(z, p):
-        return z
 
-    @staticmethod
-    def py_prime(z, p):
-        return 1.0
 
     def np_activ(self, z, a, work=None):
         np.copyto(a, z)
@@ -367,9 +418,111 @@ class Softmax(Activation):
         return np.multiply(z, a, out=z)
 
 
+_SOFTMAX_C = """
+T top = z[0];
+for (I j = 1; j < cols; ++j) top = fmax(top, z[j]);
+T total = (T)0;
+for (I j = 0; j < cols; ++j) { const T e = exp(z[j] - top); OUT[j] = e; total += e; }
+for (I j = 0; j < cols; ++j) OUT[j] /= total;
+"""
+
+
+def softmax_row(njit):
+    def row(z, b, a, i, bias):
+        """a[i] = softmax(z[i] (+ b, written back into z when bias)): shifted by the row max."""
+        m = z.shape[1]
+        top = -math.inf
+        for j in range(m):
+            v = z[i, j] + b[j] if bias else z[i, j]
+            z[i, j] = v
+            top = max(top, v)
+        total = 0.0
+        for j in range(m):
+            e = math.exp(z[i, j] - top)
+            a[i, j] = e
+            total += e
+        scale = 1.0 / total
+        for j in range(m):
+            a[i, j] *= scale
+    return njit(row)
+
+
+def _softmax_bias_activ(njit):
+    row = softmax_row(njit)
+
+    def kernel(z, b, a, p, db):
+        for i in range(z.shape[0]):
+            row(z, b, a, i, True)
+    return kernel
+
+
+def _softmax_delta(njit):
+    def kernel(z, a, p, db):
+        # z = s ∘ (g - Σ_j s_j g_j), s = softmax(z), g = a; db += Σ rows of z when db has z's width
+        n, m = z.shape
+        sums = db.shape[0] == m
+        for i in range(n):
+            top = -math.inf
+            for j in range(m):
+                top = max(top, z[i, j])
+            total = 0.0
+            for j in range(m):
+                e = math.exp(z[i, j] - top)
+                z[i, j] = e
+                total += e
+            dot = 0.0
+            for j in range(m):
+                z[i, j] /= total
+                dot += z[i, j] * a[i, j]
+            for j in range(m):
+                z[i, j] *= a[i, j] - dot
+                if sums:
+                    db[j] += z[i, j]
+    return kernel
+
+
+def _softmax_np(method: str, bias: bool = False):
+    kept = Softmax._with_param(0.0)
+    if bias:
+        def run(engine, arrays, scalars, work):
+            z, b, a = arrays
+            engine.add_bias(z, b)
+            getattr(kept, method)(z, a, work)
+    elif method == "np_prime":
+        def run(engine, arrays, scalars, work):
+            getattr(kept, method)(arrays[0], work)
+    else:
+        def run(engine, arrays, scalars, work):
+            getattr(kept, method)(arrays[0], arrays[1], work)
+    return run
+
+
+Softmax.ops = ActivationOps(
+    RowMap("softmax_activ", "z a", writes="a", scalars="p", c_body=_SOFTMAX_C.replace("OUT", "a"), numpy=_softmax_np("np_activ")),
+    RowMap("softmax_bias_activ", "z b:col a", writes="z a", scalars="p", numba=_softmax_bias_activ,
+           c_body="for (I j = 0; j < cols; ++j) z[j] += b[j];\n" + _SOFTMAX_C.replace("OUT", "a"),
+           numpy=_softmax_np("np_activ", bias=True)),
+    RowMap("softmax_prime", "z", writes="z", scalars="p", numpy=_softmax_np("np_prime"),
+           c_body=_SOFTMAX_C.replace("OUT", "z") + "for (I j = 0; j < cols; ++j) z[j] = z[j] * ((T)1 - z[j]);\n"),
+    RowMap("softmax_delta", "z a", writes="z", scalars="p", numba=_softmax_delta, numpy=_softmax_np("np_delta"),
+           c_body=_SOFTMAX_C.replace("OUT", "z") + """T dot = (T)0;
+for (I j = 0; j < cols; ++j) dot += z[j] * a[j];
+for (I j = 0; j < cols; ++j) z[j] = z[j] * (a[j] - dot);
+"""))
+
+
 ACTIVATIONS: dict[str, type[Activation]] = {
     cls.name: cls for cls in (Sigmoid, Tanh, ReLU, LeakyReLU, ELU, Softplus, Linear, Softmax)
 }
+
+
+def register_activation(cls: type[Activation]) -> type[Activation]:
+    """Make a user-declared Activation subclass known by its ``name`` (to ``Dense``, saved
+    model files and the CLI); returns the class, so it can decorate one."""
+    if not (isinstance(cls, type) and issubclass(cls, Activation)) or not cls.name or cls.ops is None:
+        raise DensennError(f"register_activation takes an Activation subclass with a name, f and df, got {cls!r}")
+    ACTIVATIONS[cls.name] = cls
+    return cls
 
 
 def get_activation(spec) -> Activation:
@@ -407,16 +560,20 @@ class ActivationFn:
 
     def activ(self, z, a):
         """a = f(z); keeps z. Returns a."""
-        return self.engine.activ(self.spec, z, a, self.work)
+        return self.spec.activ(self.engine, z, a, self.work)
 
     def prime(self, z):
         """z = f'(z); overwrites z. Returns z."""
-        return self.engine.prime(self.spec, z, self.work)
+        return self.spec.prime(self.engine, z, self.work)
+
+    def bias_activ(self, z, b, a):
+        """z += b, then a = f(z). Overwrites z and a; returns a."""
+        return self.spec.bias_activ(self.engine, z, b, a, self.work)
 
     def delta(self, z, a, db=None):
         """z = f'(z) ∘ a; overwrites z (and may use a as scratch). With ``db``, also
         db = Σ rows of the new z (overwritten), in the same pass where the engine can. Returns z."""
-        return self.engine.delta(self.spec, z, a, self.work, db)
+        return self.spec.delta(self.engine, z, a, self.work, db)
 
     def nbytes(self) -> int:
         return 0 if self.work is None else self.engine.nbytes(self.work)

@@ -12,19 +12,51 @@ derivative, which is both faster and free of the 1/a blow-up near saturation.
 """
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import numpy as np
 
+from densenn.activation import softmax_row
 from densenn.errors import DensennError, check_choice
+from densenn.kernels.numpy_eval import numpy_form
+from densenn.kernels.ops import Map, RowMap, Sum
 
 
 class Cost:
     name: str = ""
     #: the output activation with which ∂C/∂z = a - y
     pairs_with: str | None = None
-    #: C expressions of a, y (type T, clip constant eps) for the GPU engines:
-    #: the per-element loss term and ∂C/∂a.
-    c_loss: str = ""
-    c_grad: str = ""
+    #: expressions of a, y and the clip constant eps (see densenn.kernels.expr): the
+    #: per-element loss term and ∂C/∂a, from which the declared operations are made
+    loss: str = ""
+    grad: str = ""
+    ops = None
+    #: an optional operation for the output layer and this cost in one pass (see
+    #: SOFTMAX_CROSSENTROPY); the network uses it where the engine can run it
+    fused_head = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.loss:
+            cls.ops = _cost_ops(cls)
+
+    @classmethod
+    def _kept(cls) -> "Cost":
+        """One instance, kept: the NumPy forms call its np_* kernels."""
+        if "_instance" not in cls.__dict__:
+            cls._instance = cls()
+        return cls._instance
+
+    # -- running on an engine ---------------------------------------------------
+    def value(self, engine, a, y, work, acc):
+        """acc[0] += Σ over rows of C(a, y). ``work`` (shaped like a) is scratch."""
+        return engine.reduce(self.ops.value, (a, y), (self.eps(a.dtype),), acc, work=work)
+
+    def gradient(self, engine, a, y, out, scale, work):
+        """out = scale · ∂C/∂a. ``out`` may be ``a``; ``work`` is scratch."""
+        engine.map(self.ops.gradient, (a, y, out), (scale, self.eps(a.dtype)), work=work)
+        return out
 
     @staticmethod
     def eps(dtype) -> float:
@@ -56,13 +88,60 @@ class Cost:
         return f"{type(self).__name__}()"
 
 
+class CostOps(NamedTuple):
+    """The declared operations of one cost."""
+
+    value: Sum
+    gradient: Map
+
+
+def _cost_ops(cls) -> CostOps:
+    n = cls.name or cls.__name__.lower()
+
+    def value(engine, arrays, scalars, work):
+        return cls._kept().np_value(arrays[0], arrays[1], work)
+
+    def gradient(engine, arrays, scalars, work):
+        cls._kept().np_gradient(arrays[0], arrays[1], arrays[2], scalars[0], work)
+
+    own = cls.np_value is not Cost.np_value
+    return CostOps(
+        Sum(f"{n}_value", "a y", scalars="eps", body=f"term = {cls.loss}",
+            numpy=value if own else _sum_form(f"term = {cls.loss}")),
+        Map(f"{n}_gradient", "a y out", writes="out", scalars="scale eps", body=f"out = scale * ({cls.grad})",
+            cpu="numpy" if own else "numba",
+            numpy=gradient if own else numpy_form("a y out", "scale eps", f"out = scale * ({cls.grad})")))
+
+
+def _sum_form(body: str):
+    """A Sum's NumPy form for a user-declared cost: the terms evaluated with temporaries."""
+    terms = numpy_form("a y term", "eps", body)
+
+    def run(engine, arrays, scalars, work):
+        terms(engine, (arrays[0], arrays[1], work), scalars, None)
+        return float(work.sum())
+    return run
+
+
+#: out = scale · (a - y): the delta of a cost paired with its output activation
+DIFF = Map("diff", "a y out", writes="out", scalars="scale", body="out = scale * (a - y)", cpu="numpy",
+           numpy=lambda engine, arrays, scalars, work: np.multiply(np.subtract(arrays[0], arrays[1], out=arrays[2]),
+                                                                   scalars[0], out=arrays[2]))
+
+
+def diff(engine, a, y, out, scale):
+    """out = scale · (a - y). Overwrites out; returns it."""
+    engine.map(DIFF, (a, y, out), (scale,))
+    return out
+
+
 class Quadratic(Cost):
     """C = ½‖a - y‖² per sample (the mean squared error up to a factor)."""
 
     name = "quadratic"
     pairs_with = "linear"
-    c_loss = "(T)0.5 * (a - y) * (a - y)"
-    c_grad = "a - y"
+    loss = "0.5 * (a - y) * (a - y)"
+    grad = "a - y"
 
     def np_value(self, a, y, work):
         np.subtract(a, y, out=work)
@@ -79,8 +158,8 @@ class CrossEntropy(Cost):
     name = "crossentropy"
     pairs_with = "softmax"
     target_range = (0.0, 1.0)
-    c_loss = "-y * log(fmax(a, (T)eps))"
-    c_grad = "-y / fmax(a, (T)eps)"
+    loss = "-y * log(max(a, eps))"
+    grad = "-y / max(a, eps)"
 
     def np_value(self, a, y, work):
         np.maximum(a, self.eps(a.dtype), out=work)
@@ -93,14 +172,54 @@ class CrossEntropy(Cost):
         np.multiply(out, -scale, out=out)
 
 
+def _softmax_crossentropy(njit):
+    row = softmax_row(njit)
+
+    def kernel(z, b, a, labels, acc, scale, eps, db):
+        # The output layer of a classifier in one pass per row: bias, softmax, the loss
+        # and the hit of its label, and delta = scale·(a - onehot) with its column sums.
+        n, m = z.shape
+        for j in range(m):
+            db[j] = 0.0
+        loss = 0.0
+        hits = 0
+        for i in range(n):
+            row(z, b, a, i, True)
+            best = 0
+            for j in range(1, m):
+                if a[i, j] > a[i, best]:    # the first of equal maxima, as numpy.argmax
+                    best = j
+            label = labels[i]
+            loss -= math.log(max(a[i, label], eps))
+            hits += best == label
+            for j in range(m):
+                d = (a[i, j] - (1.0 if j == label else 0.0)) * scale
+                z[i, j] = d
+                db[j] += d
+        acc[0] += loss
+        acc[1] += hits
+    return kernel
+
+
+#: the softmax output layer with cross-entropy against class ``labels``, in one pass (CPU,
+#: with Numba): z += b; a = softmax(z); acc[0] += Σ -ln max(a[label], eps); acc[1] += hits;
+#: z = scale·(a - onehot(labels)) (delta); sums = Σ_rows delta. Where an engine cannot run
+#: it (``engine.can``), the network runs the same steps one by one.
+SOFTMAX_CROSSENTROPY = RowMap("softmax_crossentropy", "z b:col a labels:index acc:whole", writes="z a acc",
+                              scalars="scale eps", numba=_softmax_crossentropy)
+
+
+CrossEntropy.fused_head = SOFTMAX_CROSSENTROPY
+
+
 class BinaryCrossEntropy(Cost):
     """C = -Σ_j [y_j ln a_j + (1 - y_j) ln(1 - a_j)], for independent 0/1 targets."""
 
     name = "binary_crossentropy"
     pairs_with = "sigmoid"
     target_range = (0.0, 1.0)
-    c_loss = "-(y * log(fmax(a, (T)eps)) + ((T)1 - y) * log(fmax((T)1 - a, (T)eps)))"
-    c_grad = "(a - y) / fmax(a * ((T)1 - a), (T)eps)"
+    loss = "-(y * log(max(a, eps)) + (1 - y) * log(max(1 - a, eps)))"
+    grad = "(a - y) / max(a * (1 - a), eps)"
 
     def np_value(self, a, y, work):
         eps = self.eps(a.dtype)
@@ -127,8 +246,8 @@ class MeanAbsoluteError(Cost):
     """C = Σ_j |a_j - y_j| per sample."""
 
     name = "mae"
-    c_loss = "fabs(a - y)"
-    c_grad = "(a > y) ? (T)1 : ((a < y) ? (T)-1 : (T)0)"
+    loss = "abs(a - y)"
+    grad = "1 if a > y else (-1 if a < y else 0)"
 
     def np_value(self, a, y, work):
         np.subtract(a, y, out=work)
@@ -150,6 +269,14 @@ COSTS: dict[str, type[Cost]] = {
     "bce": BinaryCrossEntropy,
     "mae": MeanAbsoluteError,
 }
+
+
+def register_cost(cls: type[Cost]) -> type[Cost]:
+    """Make a user-declared Cost subclass (``name``, ``loss``, ``grad``) known by its name."""
+    if not (isinstance(cls, type) and issubclass(cls, Cost)) or not cls.name or cls.ops is None:
+        raise DensennError(f"register_cost takes a Cost subclass with a name, loss and grad, got {cls!r}")
+    COSTS[cls.name] = cls
+    return cls
 
 
 def get_cost(spec) -> Cost:

@@ -11,7 +11,12 @@ import numbers
 import numpy as np
 
 
-class DensennError(ValueError):
+class DensennException(Exception):
+    """The base of everything densenn raises on purpose: ``except DensennException`` catches
+    bad input, a missing engine and a diverged training alike."""
+
+
+class DensennError(DensennException, ValueError):
     """Raised for bad input to any public densenn function.
 
     Subclasses ValueError so code written against NumPy/scikit-learn conventions
@@ -19,12 +24,13 @@ class DensennError(ValueError):
     """
 
 
-class EngineUnavailable(DensennError):
-    """An engine was asked for but cannot run here (missing package or device)."""
+class EngineUnavailable(DensennException, RuntimeError):
+    """An engine was asked for but cannot run here (missing package or device). Not bad
+    input: the same call works on a machine that has the engine."""
 
 
-class TrainingDiverged(DensennError):
-    """The loss became NaN or infinite; the network keeps its last good weights."""
+class TrainingDiverged(DensennException, ArithmeticError):
+    """The loss or the weights became NaN or infinite; the network keeps its last good weights."""
 
 
 def describe(value) -> str:

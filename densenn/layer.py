@@ -52,7 +52,7 @@ class DenseInference:
         a = self.engine.empty((n, self.n_out), self.dtype) if a is None else a
         self.engine.gemm(1.0, x, self.w, 0.0, z, trans_b=True)
         work = ActivationFn.for_layer(self.activation, self.engine, n, self.n_out, self.dtype)
-        self.engine.bias_activ(self.activation, z, self.b, a, work.work)
+        self.activation.bias_activ(self.engine, z, self.b, a, work.work)
         work.release()
         return a
 
@@ -81,12 +81,17 @@ class DenseTraining:
 
     ``x`` is the input buffer: the network's batch for the first layer, the
     previous layer's ``a`` otherwise. The layer owns ``z`` and ``a`` (``(batch,
-    n_out)``), the gradients ``dw``, ``db``, and its activation's working memory;
-    with ``gradients=False`` it has no ``dw`` (for plain SGD, whose update is
-    folded into the ∇w GEMM: see ``backward``).
+    n_out)``), the gradients ``dw``, ``db``, and its activation's working memory.
+
+    The training-layer protocol, which the training network drives without knowing
+    the layer's type: ``forward()``; ``backward(grad, propagate)`` (from ∂C/∂a in
+    ``grad``, the gradients, and the signal for the layer below, whose buffer it
+    returns); ``params``, ``grads`` and ``decays`` (which parameters weight decay
+    applies to); ``rows(n)``; ``nbytes()``; ``release()``. An output layer also offers
+    ``forward_linear()`` and ``backward_from_delta`` for a cost that writes ∂C/∂z itself.
     """
 
-    def __init__(self, inference: DenseInference, x, batch: int | None = None, gradients: bool = True):
+    def __init__(self, inference: DenseInference, x, batch: int | None = None):
         engine = inference.engine
         batch = x.shape[0] if batch is None else check_positive_int("batch_size", batch)
         if tuple(x.shape) != (batch, inference.n_in):
@@ -99,66 +104,65 @@ class DenseTraining:
         dtype = inference.dtype
         self.z = engine.empty((batch, inference.n_out), dtype)
         self.a = engine.empty((batch, inference.n_out), dtype)
-        # no ∇w buffer for a layer whose updates are folded into its GEMM (plain SGD)
-        self.dw = engine.zeros(inference.w.shape, dtype) if gradients else None
+        self.dw = self._gradient_buffer(engine, inference.w.shape, dtype)
         self.db = engine.zeros(inference.b.shape, dtype)
         self.activ_fn = ActivationFn.for_layer(inference.activation, engine, batch, inference.n_out, dtype)
         self._owner = True
 
+    @staticmethod
+    def _gradient_buffer(engine, shape, dtype):
+        return engine.zeros(shape, dtype)
+
     @classmethod
-    def after(cls, inference: DenseInference, previous: "DenseTraining", gradients: bool = True) -> "DenseTraining":
+    def after(cls, inference: DenseInference, previous: "DenseTraining") -> "DenseTraining":
         """The layer that reads ``previous.a`` (the seed's two-argument ``training-layer``)."""
-        return cls(inference, previous.a, previous.batch, gradients)
+        return cls(inference, previous.a, previous.batch)
+
+    # -- what the optimizer sees ---------------------------------------------------
+    @property
+    def params(self) -> tuple:
+        return self.w, self.b
+
+    @property
+    def grads(self) -> tuple:
+        return self.dw, self.db
+
+    #: weight decay applies to w, not to b
+    decays = (True, False)
 
     # -- the two passes ------------------------------------------------------
     def forward(self):
         """z = x·wᵀ + b; a = f(z). Overwrites z and a."""
         self.forward_linear()
-        self.engine.bias_activ(self.activ_fn.spec, self.z, self.b, self.a, self.activ_fn.work)
+        self.activ_fn.bias_activ(self.z, self.b, self.a)
         return self.a
 
     def forward_linear(self):
         """z = x·wᵀ only: bias and activation are left to a fused output kernel. Overwrites z."""
         return self.engine.gemm(1.0, self.x, self.w, 0.0, self.z, trans_b=True)
 
-    def backward(self, propagate: bool = True, delta_ready: bool = False, db_ready: bool = False,
-                 update=None, signal=None, grad=None):
-        """Gradients from the signal in ``a`` (∂C/∂a, written there by the layer above or the cost).
+    def backward(self, grad=None, propagate: bool = True):
+        """Gradients from ∂C/∂a in ``grad`` (default ``a``, where the layer above or the cost
+        wrote it; may be overwritten). Overwrites ``z`` with delta = f'(z) ∘ grad, ``dw`` =
+        deltaᵀ·x, ``db`` = Σ delta (in the delta's pass where the engine can) and, when
+        ``propagate``, ``x`` with delta·w: the signal for the layer below (the first
+        layer's input is the user's batch and is not written). Returns the signal's buffer."""
+        self.activ_fn.delta(self.z, self.a if grad is None else grad, self.db)
+        return self._weights_and_signal(propagate)
 
-        Overwrites ``z`` with delta = f'(z) ∘ a (skipped when ``delta_ready``:
-        the cost already wrote delta into z), ``dw`` = deltaᵀ·x, ``db`` = Σ delta
-        (skipped when ``db_ready``: the output kernel summed it on the way),
-        and, when ``propagate``, ``x`` with delta·w: the signal for the layer below
-        (the first layer's input is the user's batch and is not written).
+    def backward_from_delta(self, propagate: bool = True, db_ready: bool = False):
+        """``backward`` for an output layer whose cost already wrote delta = ∂C/∂z into z
+        (and, with ``db_ready``, ∇b into db). Returns the signal's buffer."""
+        if not db_ready:
+            self.engine.sum_rows(self.z, self.db)
+        return self._weights_and_signal(propagate)
 
-        ``update=(alpha, beta)`` folds a plain SGD step into the ∇w GEMM:
-        w ← beta·w + alpha·deltaᵀ·x and b ← b + alpha·db, in place, with no ∇w
-        written and no separate update pass over w (``dw`` is left alone). The
-        update reads x and the signal needs the old w, so the signal goes into
-        ``signal`` (scratch of x's shape) instead of x, and the layer below reads
-        it from there: its ``grad`` (∂C/∂a when not in ``a``; may be overwritten).
-        """
+    def _weights_and_signal(self, propagate):
         e = self.engine
-        if not delta_ready:     # ∇b = Σ delta comes out of the same pass where the engine can
-            self.activ_fn.delta(self.z, self.a if grad is None else grad, None if db_ready else self.db)
-        elif not db_ready:
-            e.sum_rows(self.z, self.db)
-        if update is None:
-            if self.dw is None:
-                raise DensennError("this training layer keeps no ∇w (it was made for folded SGD updates); "
-                                   "make it with gradients=True")
-            e.gemm(1.0, self.z, self.x, 0.0, self.dw, trans_a=True)
-            if propagate:
-                e.gemm(1.0, self.z, self.w, 0.0, self.x)
-            return
-        alpha, beta = update
+        e.gemm(1.0, self.z, self.x, 0.0, self.dw, trans_a=True)
         if propagate:
-            if signal is None or tuple(signal.shape) != tuple(self.x.shape):
-                raise DensennError(f"a folded update that propagates needs signal scratch of shape "
-                                   f"{tuple(self.x.shape)}, got {None if signal is None else tuple(signal.shape)}")
-            e.gemm(1.0, self.z, self.w, 0.0, signal)
-        e.gemm(alpha, self.z, self.x, beta, self.w, trans_a=True)
-        e.axpy(alpha, self.db, self.b)
+            e.gemm(1.0, self.z, self.w, 0.0, self.x)
+        return self.x
 
     # -- partial batches --------------------------------------------------------
     def rows(self, n: int) -> "DenseTraining":
@@ -205,3 +209,43 @@ class DenseTraining:
 
     def __repr__(self):
         return f"DenseTraining({self.inference.n_in}→{self.inference.n_out}, batch={self.batch})"
+
+
+class FoldedSGDDense(DenseTraining):
+    """Dense training for plain SGD, whose update folds into the ∇w GEMM (as Deep Diamond
+    has a separate fully-connected type for SGD): w ← beta·w + alpha·deltaᵀ·x and
+    b ← b + alpha·db in place, with no ∇w buffer and no separate update pass over w.
+
+    ``update = (alpha, beta)`` is set by the training network before each backward pass.
+    The update reads x and the signal needs the old w, so the signal goes into ``signal``
+    (scratch of x's shape, set by the network) instead of x, and the layer below reads it
+    from there as its ``grad``.
+    """
+
+    update = None
+    signal = None
+
+    @staticmethod
+    def _gradient_buffer(engine, shape, dtype):
+        return None
+
+    @property
+    def grads(self) -> tuple:
+        raise DensennError("a folded-SGD layer keeps no ∇w: its update happens inside backward")
+
+    def _weights_and_signal(self, propagate):
+        e = self.engine
+        if self.update is None:
+            raise DensennError("this training layer keeps no ∇w (it folds plain SGD updates into its GEMM): "
+                               "set its update (alpha, beta) before backward, or use DenseTraining")
+        alpha, beta = self.update
+        signal = None
+        if propagate:
+            signal = self.signal
+            if signal is None or tuple(signal.shape) != tuple(self.x.shape):
+                raise DensennError(f"a folded update that propagates needs signal scratch of shape "
+                                   f"{tuple(self.x.shape)}, got {None if signal is None else tuple(signal.shape)}")
+            e.gemm(1.0, self.z, self.w, 0.0, signal)
+        e.gemm(alpha, self.z, self.x, beta, self.w, trans_a=True)
+        e.axpy(alpha, self.db, self.b)
+        return signal

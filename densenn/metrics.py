@@ -1,9 +1,10 @@
-"""Metrics on NumPy arrays: accuracy and the confusion matrix."""
+"""Metrics: accuracy and the confusion matrix on NumPy arrays, and the hit count on an engine."""
 from __future__ import annotations
 
 import numpy as np
 
 from densenn.errors import DensennError, check_positive_int
+from densenn.kernels.ops import Sum
 
 
 def _labels(name, y) -> np.ndarray:
@@ -46,3 +47,36 @@ def format_confusion_matrix(counts: np.ndarray) -> str:
     lines = ["true\\pred" + "".join(f"{j:>{width}}" for j in range(k))]
     lines += [f"{i:>9}" + "".join(f"{v:>{width}}" for v in row) for i, row in enumerate(counts)]
     return "\n".join(lines)
+
+
+def _count_correct_np(engine, arrays, scalars, work):
+    """#rows whose predicted class equals labels; ``work`` is an index vector, one per row."""
+    a, labels = arrays
+    if a.shape[1] == 1:
+        np.greater(a[:, 0], 0.5, out=work)
+    else:
+        np.argmax(a, axis=1, out=work)
+    # predicted - true is 0 exactly where they agree (np.equal would make a bool temporary)
+    np.subtract(work, labels, out=work)
+    return work.size - np.count_nonzero(work)
+
+
+#: acc[0] += #rows whose prediction (the first argmax, NaN counting as the maximum as in
+#: NumPy; a > 0.5 for a single output) equals the label
+COUNT_CORRECT = Sum("count_correct", "a labels:index", rows=True, numpy=_count_correct_np, body="""
+I pred = 0;
+if (cols == 1) {
+    pred = a[0] > (T)0.5 ? 1 : 0;
+} else {
+    T best = a[0];
+    for (I j = 1; j < cols && !isnan(best); ++j)
+        if (a[j] > best || isnan(a[j])) { best = a[j]; pred = j; }
+}
+term = (pred == (I)labels) ? (T)1 : (T)0;
+""")
+
+
+def count_correct(engine, a, labels, work, acc):
+    """acc[0] += #rows of ``a`` whose predicted class (argmax, or a > 0.5 for one output)
+    equals ``labels`` (engine integers); ``work`` is scratch of one index per row."""
+    return engine.reduce(COUNT_CORRECT, (a, labels), (), acc, work=work)

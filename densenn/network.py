@@ -15,11 +15,12 @@ import numpy as np
 
 from densenn.activation import Activation, get_activation
 from densenn.backend import check_dtype, get_engine
-from densenn.cost import get_cost
+from densenn.cost import diff, get_cost
 from densenn.errors import DensennError, check_choice, check_matrix, check_nonnegative_int, \
     check_positive_int, describe, is_real_number_dtype
 from densenn.init import INITIALIZERS, default_init, init_weights
-from densenn.layer import DenseInference, DenseTraining
+from densenn.layer import DenseInference, DenseTraining, FoldedSGDDense
+from densenn.metrics import count_correct
 
 #: host dtype of class labels (NumPy's index type)
 LABEL_DTYPE = np.int64
@@ -112,6 +113,7 @@ class TrainingNetwork:
     """
 
     def __init__(self, net: "Network", batch: int, cost, gradients: bool = True):
+        # gradients=False: layers that fold plain SGD into their GEMMs (FoldedSGDDense)
         e = self.engine = net.engine
         self.net = net
         self.batch = check_positive_int("batch_size", batch)
@@ -124,27 +126,27 @@ class TrainingNetwork:
         self.cost_work = e.empty((batch, net.n_out), dt)
         self.metric_work = e.empty((batch,), index_dtype(e))
         self.acc = e.zeros((2,), dt)
-        self.layers: list[DenseTraining] = []
+        kind = DenseTraining if gradients else FoldedSGDDense
+        self.folded = not gradients
+        self.layers: list = []
         previous = None
         for inference in net.layers:
-            layer = DenseTraining(inference, self.x, batch, gradients) if previous is None \
-                else DenseTraining.after(inference, previous, gradients)
+            layer = kind(inference, self.x, batch) if previous is None else kind.after(inference, previous)
             self.layers.append(layer)
             previous = layer
         last = net.layers[-1].activation.name
         # ∂C/∂z = a - y when the output activation is the cost's partner
         self.fused = self.cost.pairs_with == last
         # softmax + cross-entropy against class labels: one kernel where the engine has it
-        self.head = self.fused and last == "softmax" and bool(getattr(e, "fuses_softmax_crossentropy", False))
-        self.params = [p for layer in self.layers for p in (layer.w, layer.b)]
-        self.grads = [g for layer in self.layers for g in (layer.dw, layer.db)]
-        self.decays = [True, False] * len(self.layers)
+        self.head = self.fused and self.cost.fused_head is not None and e.can(self.cost.fused_head)
+        self.params = [p for layer in self.layers for p in layer.params]
+        self.grads = [] if self.folded else [g for layer in self.layers for g in layer.grads]
+        self.decays = [d for layer in self.layers for d in layer.decays]
         self._views = {batch: self._buffers()}
         # scratch for the signals of a folded SGD step (see DenseTraining.backward), made at
         # the first such step: one flat buffer viewed per layer and batch size
         self.signal = None
         self._signal_views: dict = {}
-        self._no_signals = [None] * len(self.layers)    # the unfolded step's: no list made per step
 
     def _buffers(self, n: int | None = None):
         if n is None:
@@ -178,8 +180,8 @@ class TrainingNetwork:
 
     @property
     def gradients(self) -> bool:
-        """Whether the layers keep ∇w buffers (not for folded SGD; see DenseTraining)."""
-        return all(layer.dw is not None for layer in self.layers)
+        """Whether the layers keep ∇w buffers (not for folded SGD; see FoldedSGDDense)."""
+        return not self.folded
 
     def signals(self, n: int) -> list:
         """Per layer, the (n, n_in) scratch its folded update writes its signal into (None for the first)."""
@@ -203,32 +205,40 @@ class TrainingNetwork:
             for layer in layers[:-1]:
                 layer.forward()
             last.forward_linear()
-            e.softmax_crossentropy(last.z, last.b, last.a, labels, 1.0 / n, last.db, self.acc)
+            e.map(self.cost.fused_head, (last.z, last.b, last.a, labels, self.acc), (1.0 / n, self.cost.eps(last.z.dtype)),
+                  sums=last.db)
         else:
             for layer in layers:
                 layer.forward()
-            e.cost_value(self.cost, last.a, y, work, self.acc[0:1])
+            self.cost.value(e, last.a, y, work, self.acc[0:1])
             if with_labels:
-                e.count_correct(last.a, labels, mwork, self.acc[1:2])
+                count_correct(e, last.a, labels, mwork, self.acc[1:2])
             if self.fused:
-                e.diff(last.a, y, last.z, 1.0 / n)
+                diff(e, last.a, y, last.z, 1.0 / n)
             else:
-                e.cost_gradient(self.cost, last.a, y, last.a, 1.0 / n, work)
-        # a folded update leaves each signal in scratch, where the layer below reads it; the
-        # views of one buffer can share it, as each layer's delta has read the signal from
-        # above before its own GEMM writes the next one
-        signals = self.signals(n) if update is not None else self._no_signals
-        last.backward(propagate=len(layers) > 1, delta_ready=self.fused, db_ready=head,
-                      update=update, signal=signals[-1])
+                self.cost.gradient(e, last.a, y, last.a, 1.0 / n, work)
+        if update is not None:
+            # a folded update leaves each signal in scratch, where the layer below reads it; the
+            # views of one buffer can share it, as each layer's delta has read the signal from
+            # above before its own GEMM writes the next one
+            for layer, signal in zip(layers, self.signals(n)):
+                layer.update, layer.signal = update, signal
+        if self.fused:
+            grad = last.backward_from_delta(propagate=len(layers) > 1, db_ready=head)
+        else:
+            grad = last.backward(propagate=len(layers) > 1)
         for i in range(len(layers) - 2, -1, -1):
-            layers[i].backward(propagate=i > 0, update=update, signal=signals[i], grad=signals[i + 1])
+            grad = layers[i].backward(grad, propagate=i > 0)
 
     def step(self, n: int, optimizer, epoch: float, with_labels: bool):
         """One training step on the first n rows of the loaded batch.
 
         Plain SGD is folded into the backward pass's GEMMs (``optimizer.gemm_update``);
         any other optimizer updates from the gradients afterwards."""
-        update = optimizer.gemm_update(epoch)
+        update = optimizer.gemm_update(epoch) if self.folded else None
+        if self.folded and update is None:
+            raise DensennError(f"this training network folds plain SGD into its GEMMs; {optimizer!r} needs "
+                               "gradients (make the trainer with gradients=True)")
         self.forward_backward(n, with_labels, update)
         if update is None:
             optimizer.step(self.params, self.grads, self.decays, epoch)
@@ -444,10 +454,10 @@ class Network:
         for start, a in self._forward_chunks(x, batch_size):
             n = a.shape[0]
             t = e.to_engine(targets[start:start + n])
-            e.cost_value(cost, a, t, e.empty(a.shape, self.dtype), acc[0:1])
+            cost.value(e, a, t, e.empty(a.shape, self.dtype), acc[0:1])
             if labels is not None:
                 lab = e.to_engine(labels[start:start + n].astype(index_dtype(e)))
-                e.count_correct(a, lab, e.empty((n,), index_dtype(e)), acc[1:2])
+                count_correct(e, a, lab, e.empty((n,), index_dtype(e)), acc[1:2])
         loss, correct = (float(v) for v in e.to_host(acc))
         n = x.shape[0]
         return {"loss": loss / n, "accuracy": None if labels is None else correct / n}
@@ -495,7 +505,7 @@ class Network:
             e.upload(x, tn.x)
             e.upload(targets, tn.y)
             tn.forward_backward(n, with_labels=False)
-            return [(e.to_host(l.dw), e.to_host(l.db)) for l in tn.layers]
+            return [tuple(e.to_host(g) for g in layer.grads) for layer in tn.layers]
 
     # -- engines, memory, saving ---------------------------------------------------------
     def to_engine(self, engine, dtype=None) -> "Network":

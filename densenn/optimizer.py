@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from densenn.kernels.ops import Map
 from densenn.errors import DensennError, check_choice, check_float_range, check_positive_float, \
     check_positive_int, describe
 
@@ -119,6 +120,102 @@ def get_schedule(spec) -> Schedule:
         return _from_config("schedule", SCHEDULES[name], spec)
     check_choice("schedule", spec, SCHEDULES)
     return SCHEDULES[spec]()
+
+
+# -- the update operations (see densenn.kernels.ops) -----------------------------------
+def _sgd_np(engine, arrays, scalars, work):
+    (w, g), (lr, wd) = arrays, scalars
+    # two BLAS axpys, which the BLAS spreads over its threads: twice as fast as a
+    # one-thread fused loop for large layers
+    if wd:
+        engine.axpy(wd, w, g)
+    engine.axpy(-lr, g, w)
+
+
+def _momentum_np(nesterov: bool):
+    def run(engine, arrays, scalars, work):
+        (w, g, v), (lr, mu, wd, _) = arrays, scalars
+        if wd:
+            engine.axpy(wd, w, g)
+        np.multiply(v, mu, out=v)
+        engine.axpy(-lr, g, v)
+        if nesterov:
+            engine.axpy(mu, v, w)
+            engine.axpy(-lr, g, w)
+        else:
+            engine.axpy(1.0, v, w)
+    return run
+
+
+def _adam_np(engine, arrays, scalars, work):
+    (w, g, m, v), (step, eps, beta1, beta2, omb1, omb2, wd, keep, _) = arrays, scalars
+    if wd:
+        engine.axpy(wd, w, g)
+    if keep != 1.0:
+        np.multiply(w, keep, out=w)
+    np.multiply(m, beta1, out=m)
+    engine.axpy(omb1, g, m)
+    np.multiply(v, beta2, out=v)
+    np.square(g, out=g)                     # g is spent once m has it
+    engine.axpy(omb2, g, v)
+    np.sqrt(v, out=work)
+    np.add(work, eps, out=work)
+    np.divide(m, work, out=work)
+    engine.axpy(-step, work, w)
+
+
+# Moments and velocities below the smallest normal number (tiny) are flushed to zero: the
+# first moment of a weight whose gradient stays zero (a dead ReLU, an always-black pixel)
+# decays as 0.9^t into subnormal numbers within a few epochs, and x86 computes on those a
+# hundred times slower; on MNIST they made every epoch slower than the one before.
+SGD_UPDATE = Map("sgd", "w g", writes="w", scalars="lr wd", body="w = w - lr * (g + wd * w)",
+                 cpu="numpy", cpu_blocks=False, numpy=_sgd_np)
+MOMENTUM_UPDATE = Map("sgd_momentum", "w g v", writes="w v", scalars="lr mu wd tiny", numpy=_momentum_np(False),
+                      body="""
+gi = g + wd * w
+v = mu * v - lr * gi
+v = 0 if abs(v) < tiny else v
+w = w + v
+""")
+NESTEROV_UPDATE = Map("sgd_nesterov", "w g v", writes="w v", scalars="lr mu wd tiny", numpy=_momentum_np(True),
+                      body="""
+gi = g + wd * w
+v = mu * v - lr * gi
+v = 0 if abs(v) < tiny else v
+w = w + (mu * v - lr * gi)
+""")
+#: step and eps carry the bias correction; keep = 1 - decay is AdamW's decoupled decay
+ADAM_UPDATE = Map("adam", "w g m v", writes="w m v", scalars="step eps beta1 beta2 omb1 omb2 wd keep tiny",
+                  numpy=_adam_np, body="""
+gi = g + wd * w
+m = beta1 * m + omb1 * gi
+v = beta2 * v + omb2 * gi * gi
+m = 0 if abs(m) < tiny else m
+v = 0 if v < tiny else v
+w = keep * w - step * m / (sqrt(v) + eps)
+""")
+
+_TINY = {np.dtype(np.float32): float(np.finfo(np.float32).tiny), np.dtype(np.float64): float(np.finfo(np.float64).tiny)}
+
+
+def sgd_update(engine, w, g, v, lr, momentum, nesterov, weight_decay):
+    """One SGD step on w (overwrites w, v and g): g += wd·w; v = μv - lr·g; w += v (or,
+    Nesterov, w += μv - lr·g); plain SGD (v None) w -= lr·g."""
+    if v is None:
+        engine.map(SGD_UPDATE, (w, g), (lr, weight_decay))
+    else:
+        op = NESTEROV_UPDATE if nesterov else MOMENTUM_UPDATE
+        engine.map(op, (w, g, v), (lr, momentum, weight_decay, _TINY[w.dtype]))
+    return w
+
+
+def adam_update(engine, w, g, m, v, step, eps, beta1, beta2, weight_decay, decay, work):
+    """One Adam step (overwrites w, g, m, v, work): g += wd·w (L2); m = β1m + (1-β1)g;
+    v = β2v + (1-β2)g²; w -= step · m / (√v + eps) - decay · w, where ``step`` and ``eps``
+    already carry the bias correction and ``decay`` is AdamW's lr·wd."""
+    engine.map(ADAM_UPDATE, (w, g, m, v), (step, eps, beta1, beta2, 1.0 - beta1, 1.0 - beta2, weight_decay,
+                                            1.0 - decay, _TINY[w.dtype]), work=work)
+    return w
 
 
 # -- optimizers --------------------------------------------------------------------
@@ -242,7 +339,7 @@ class SGD(Optimizer):
 
     def _update(self, i, p, g, lr, weight_decay):
         v = self.state[i][0] if self.momentum else None
-        self.engine.sgd_update(p, g, v, lr, self.momentum, self.nesterov, weight_decay)
+        sgd_update(self.engine, p, g, v, lr, self.momentum, self.nesterov, weight_decay)
 
     def config(self):
         return {"name": self.name, "lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
@@ -303,8 +400,7 @@ class Adam(Optimizer):
         work = self._views[i]
         l2 = 0.0 if self.decoupled else weight_decay
         decay = lr * weight_decay if self.decoupled else 0.0
-        self.engine.adam_update(p, g, m, v, self._step_size, self._eps_t, self.beta1, self.beta2,
-                                l2, decay, work)
+        adam_update(self.engine, p, g, m, v, self._step_size, self._eps_t, self.beta1, self.beta2, l2, decay, work)
 
     def config(self):
         return {"name": self.name, "lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
@@ -318,6 +414,16 @@ def AdamW(lr: float = 1e-3, weight_decay: float = 1e-2, **kwargs) -> Adam:
 
 
 OPTIMIZERS = {"sgd": SGD, "momentum": SGD, "nesterov": SGD, "adam": Adam, "adamw": Adam}
+_REGISTERED: dict[str, type] = {}     # user optimizers, by name
+
+
+def register_optimizer(cls: type[Optimizer]) -> type[Optimizer]:
+    """Make a user-written Optimizer subclass known by its ``name`` (to get_optimizer, the
+    CLI's --optimizer and optimizer configs); returns the class."""
+    if not (isinstance(cls, type) and issubclass(cls, Optimizer)) or not cls.name:
+        raise DensennError(f"register_optimizer takes an Optimizer subclass with a name, got {cls!r}")
+    OPTIMIZERS[cls.name] = _REGISTERED[cls.name] = cls
+    return cls
 
 
 def get_optimizer(spec, lr: float | None = None) -> Optimizer:
@@ -330,8 +436,8 @@ def get_optimizer(spec, lr: float | None = None) -> Optimizer:
         return spec
     if isinstance(spec, dict):
         spec = dict(spec)
-        name = check_choice("optimizer", spec.pop("name", None), {"sgd", "adam"})
-        return _from_config("optimizer", SGD if name == "sgd" else Adam, spec)
+        name = check_choice("optimizer", spec.pop("name", None), {"sgd", "adam"} | _REGISTERED.keys())
+        return _from_config("optimizer", _REGISTERED.get(name) or (SGD if name == "sgd" else Adam), spec)
     check_choice("optimizer", spec, OPTIMIZERS)
     kwargs = {} if lr is None else {"lr": lr}
     if spec == "momentum":

@@ -191,7 +191,7 @@ def main(argv=None):
     try:
         engine = dn.get_engine(args.engine)
         dtype = check_dtype(engine, args.dtype)
-    except dn.DensennError as exc:
+    except dn.DensennException as exc:
         sys.exit(f"engine {args.engine!r} cannot run this here: {exc}")
     np.set_printoptions(precision=4, suppress=True)
     print(f"engine: {engine!r}, dtype: {dtype}\n")

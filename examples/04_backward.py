@@ -88,7 +88,7 @@ def main(argv=None):
     try:
         engine = dn.get_engine(args.engine)
         dtype = check_dtype(engine, args.dtype)
-    except dn.DensennError as exc:
+    except dn.DensennException as exc:
         sys.exit(f"engine {args.engine!r} cannot run this here: {exc}")
     np.set_printoptions(precision=6, suppress=True)
     print(f"engine: {engine!r}, dtype: {dtype}\n")
@@ -113,7 +113,7 @@ def main(argv=None):
 
     # ∇ₐC into the last layer's a. For C = ½‖a − y‖² averaged over n samples it is (a − y)/n.
     # (The cost writes straight into a: the output is no longer needed once the loss is read.)
-    engine.cost_gradient(quadratic, t2.a, y, t2.a, 1.0 / n, cost_work)
+    quadratic.gradient(engine, t2.a, y, t2.a, 1.0 / n, cost_work)
     print(f"\n∇ₐC = (a2 − y)/n, written into t2.a:            {engine.to_host(t2.a).ravel()}")
 
     # -- layer 2 (the last) --
@@ -142,7 +142,7 @@ def main(argv=None):
     # -- the same, as DenseTraining.backward does it ------------------------------------
     t1.forward()
     t2.forward()
-    engine.cost_gradient(quadratic, t2.a, y, t2.a, 1.0 / n, cost_work)
+    quadratic.gradient(engine, t2.a, y, t2.a, 1.0 / n, cost_work)
     t2.backward()                                 # delta, dw, db, and the signal into t1.a
     t1.backward(propagate=False)                  # delta, dw, db; x stays the user's data
     layers = [(engine.to_host(t.dw), engine.to_host(t.db)) for t in (t1, t2)]
@@ -178,7 +178,7 @@ def main(argv=None):
         t1.forward()
         t2.forward()
         losses.append(loss_of(engine, t2, Y))
-        engine.cost_gradient(quadratic, t2.a, y, t2.a, 1.0 / n, cost_work)
+        quadratic.gradient(engine, t2.a, y, t2.a, 1.0 / n, cost_work)
         t2.backward()
         t1.backward(propagate=False)
         for t in (t1, t2):                        # w ← w − η·∇w, b ← b − η·∇b (in place, BLAS axpy)

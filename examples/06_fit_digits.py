@@ -48,7 +48,7 @@ def main(argv=None):
         parser.error("--epochs, --size/--hidden and --batch-size must be positive")
     try:
         engine = dn.get_engine(args.engine)
-    except dn.DensennError as exc:
+    except dn.DensennException as exc:
         sys.exit(f"engine {args.engine!r} is not available here: {exc}")
     out = args.out or tempfile.mkdtemp(prefix="densenn-digits-")
     os.makedirs(out, exist_ok=True)

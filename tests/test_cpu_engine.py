@@ -16,6 +16,7 @@ from densenn.backend import cpu_fused, cpu_mkl, get_engine
 from densenn.backend.cpu import CPUEngine
 from densenn.errors import DensennError
 from densenn.network import TrainingNetwork, prepare_targets
+from densenn.optimizer import ADAM_UPDATE, NESTEROV_UPDATE, adam_update, sgd_update
 
 needs_numba = pytest.mark.skipif(not cpu_fused.AVAILABLE, reason="the fused kernels need Numba (not installed)")
 HAS_MKL = cpu_mkl.load() is not None
@@ -93,13 +94,13 @@ def test_adam_and_momentum_flush_subnormal_moments(dtype):
     g = np.zeros(n, dtype)
     m = np.array([tiny * 0.5, tiny * 1.05, -tiny * 1.05, 1.0, tiny * 4, 0.0], dtype)
     v = np.array([tiny * 0.5, tiny * 1.05, 1.0, 1.0, tiny * 1.0005, 0.0], dtype)
-    e.adam_update(w, g.copy(), m, v, 1e-3, 1e-8, 0.9, 0.999, 0.0, 0.0, None)
+    adam_update(e, w, g.copy(), m, v, 1e-3, 1e-8, 0.9, 0.999, 0.0, 0.0, None)
     # m: 0.9·(0.5, ±1.05)·tiny fall below tiny → 0, 0.9·4·tiny stays
     assert m[0] == 0 and m[1] == 0 and m[2] == 0 and m[3] == pytest.approx(0.9) and m[4] > tiny
     # v: 0.999·0.5·tiny and 0.999·1.0005·tiny → 0, 0.999·1.05·tiny stays
     assert v[0] == 0 and v[1] > tiny and v[4] == 0 and v[5] == 0
     vel = np.array([tiny * 0.5, 2 * tiny, 1.0], dtype)
-    e.sgd_update(np.ones(3, dtype), np.zeros(3, dtype), vel, 0.1, 0.9, False, 0.0)
+    sgd_update(e, np.ones(3, dtype), np.zeros(3, dtype), vel, 0.1, 0.9, False, 0.0)
     assert vel[0] == 0 and vel[1] > tiny and vel[2] == pytest.approx(0.9)
 
 
@@ -109,15 +110,16 @@ def test_fused_optimizers_compute_float32_in_float32():
     constant (a 0.0 literal in the flush) once made Numba run Adam in float64, 2x slower."""
     e = get_engine("cpu")
     f = np.float32
-    e.adam_update(np.ones(4, f), np.ones(4, f), np.ones(4, f), np.ones(4, f), 1e-3, 1e-8, 0.9, 0.999, 0.0, 0.0, None)
-    e.sgd_update(np.ones(4, f), np.ones(4, f), np.ones(4, f), 0.1, 0.9, True, 0.01)
-    for kernel in cpu_fused.optimizer_kernels():
+    adam_update(e, np.ones(4, f), np.ones(4, f), np.ones(4, f), np.ones(4, f), 1e-3, 1e-8, 0.9, 0.999, 0.0, 0.0, None)
+    sgd_update(e, np.ones(4, f), np.ones(4, f), np.ones(4, f), 0.1, 0.9, True, 0.01)
+    for op in (ADAM_UPDATE, NESTEROV_UPDATE):
+        kernel = cpu_fused.map_kernel(op, f, "flat")
         for args, compiled in kernel.overloads.items():
             if args[0].dtype != numba_float32:
                 continue
             wide = {name: str(t) for name, t in compiled.type_annotation.typemap.items()
                     if not name.startswith("$") and "float64" in str(t)}
-            assert not wide, f"{kernel.__name__} widens to float64: {wide}"
+            assert not wide, f"{op.name} widens to float64: {wide}"
 
 
 @needs_numba
@@ -196,24 +198,23 @@ def test_gemm_refuses_mismatched_shapes(name):
 def test_openmp_updates_equal_the_one_thread_kernels(dtype):
     """Adam and momentum in blocks on Numba's OpenMP threads (large parameters, MKL on GNU
     OpenMP) give exactly what the one-thread kernels give."""
-    omp = cpu_fused.omp_optimizer_kernels()
-    if omp is None:
+    if cpu_fused.omp_kernel(ADAM_UPDATE, dtype) is None:
         pytest.skip(f"Numba's threading layer is not OpenMP here (THREADING_LAYER="
                     f"{cpu_fused.numba.config.THREADING_LAYER!r})")
-    serial = cpu_fused.optimizer_kernels()
     r = np.random.default_rng(4)
     n = 100_003                                    # not a multiple of the thread count
     w0, g0 = r.normal(size=n).astype(dtype), r.normal(size=n).astype(dtype)
     tiny = np.finfo(dtype).tiny
-    adam_args = (np.array([1e-3, 1e-8, 0.9, 0.999, 0.1, 0.001, 0.01, 1.0, tiny], dtype),)
-    momentum_args = (np.array([0.1, 0.9, 0.01, tiny], dtype), True)
+    adam_coef = np.array([1e-3, 1e-8, 0.9, 0.999, 0.1, 0.001, 0.01, 1.0, tiny], dtype)
+    momentum_coef = np.array([0.1, 0.9, 0.01, tiny], dtype)
+    none = np.empty(0, dtype)
     results = []
-    for adam, sgd_momentum in (serial, omp):
+    for kernel in (lambda op: cpu_fused.map_kernel(op, dtype, "flat"), lambda op: cpu_fused.omp_kernel(op, dtype)):
         w, m, v = w0.copy(), np.zeros_like(w0), np.zeros_like(w0)
         w2, vel = w0.copy(), np.zeros_like(w0)
         for _ in range(3):
-            adam(w, g0, m, v, *adam_args)
-            sgd_momentum(w2, g0, vel, *momentum_args)
+            kernel(ADAM_UPDATE)(w, g0, m, v, adam_coef, none)
+            kernel(NESTEROV_UPDATE)(w2, g0, vel, momentum_coef, none)
         results.append((w, m, v, w2, vel))
     for got, expected in zip(*results):
         np.testing.assert_array_equal(got, expected)

@@ -16,6 +16,8 @@ from densenn.activation import ActivationFn, get_activation
 from densenn.backend import cpu_threads
 from densenn.backend.cpu import CPUEngine
 from densenn.backend.cpu_fused import AVAILABLE as NUMBA
+from densenn.optimizer import sgd_update
+from densenn.optimizer import adam_update
 
 FUSED = [True, False] if NUMBA else [False]
 
@@ -128,15 +130,15 @@ def test_split_activation_passes_equal_one_call(split_everything, fused, name):
     for e in (whole, split):
         work = ActivationFn.for_layer(act, e, 37, 11, np.float64).work
         z, a = z0.copy(), np.empty_like(z0)
-        e.bias_activ(act, z, b, a, work)
+        act.bias_activ(e, z, b, a, work)
         d = z.copy()
-        e.delta(act, d, g.copy(), work)
+        act.delta(e, d, g.copy(), work)
         d_db, db = z.copy(), np.full(11, np.nan)        # delta with ∇b: fused whole, two passes split
-        e.delta(act, d_db, g.copy(), work, db)
+        act.delta(e, d_db, g.copy(), work, db)
         p = z.copy()
-        e.prime(act, p, work)
+        act.prime(e, p, work)
         a2 = np.empty_like(z0)
-        e.activ(act, z0, a2, work)
+        act.activ(e, z0, a2, work)
         results.append((z, a, d, d_db, db, p, a2))
     for got, expected in zip(*results):
         np.testing.assert_allclose(got, expected, rtol=1e-14, atol=1e-15)
@@ -158,10 +160,10 @@ def test_split_sums_gathers_and_updates_equal_one_call(split_everything, fused):
         e.take_rows(x, idx, rows)
         w, m, v = w0.copy(), np.zeros_like(w0), np.zeros_like(w0)
         for _ in range(3):
-            e.adam_update(w, g0.copy(), m, v, 1e-2, 1e-8, 0.9, 0.999, 0.01, 0.0, np.empty_like(w0))
+            adam_update(e, w, g0.copy(), m, v, 1e-2, 1e-8, 0.9, 0.999, 0.01, 0.0, np.empty_like(w0))
         w2, vel = w0.copy(), np.zeros_like(w0)
         for _ in range(3):
-            e.sgd_update(w2, g0.copy(), vel, 0.1, 0.9, True, 0.01)
+            sgd_update(e, w2, g0.copy(), vel, 0.1, 0.9, True, 0.01)
         results.append((db, rows, w, m, v, w2, vel))
     for got, expected in zip(*results):
         np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-15)

@@ -25,6 +25,10 @@ from scipy import special
 from densenn.activation import ACTIVATIONS, ActivationFn, ELU, LeakyReLU, Sigmoid
 from densenn.cost import COSTS
 from densenn.errors import DensennError
+from densenn.optimizer import sgd_update
+from densenn.optimizer import adam_update
+from densenn.metrics import count_correct
+from densenn.cost import diff
 
 DTYPES = ("float32", "float64")
 #: where an operation's arrays sit in their buffers (see the module docstring)
@@ -153,11 +157,11 @@ def test_numpy_arrays_are_refused(engine):
         lambda: engine.gemm(1.0, host, d, 0.0, d),
         lambda: engine.gemm(1.0, d, d, 0.0, host),
         lambda: engine.axpy(1.0, host, d),
-        lambda: engine.activ(Sigmoid(), host, d),
-        lambda: engine.bias_activ(Sigmoid(), d, np.ones(3, np.float32), d),
+        lambda: Sigmoid().activ(engine, host, d),
+        lambda: Sigmoid().bias_activ(engine, d, np.ones(3, np.float32), d),
         lambda: engine.take_rows(host, np.array([0, 1, 2]), d),
-        lambda: engine.count_correct(d, np.zeros(3, np.int32), None, engine.zeros((1,), np.float32)),
-        lambda: engine.sgd_update(d, host, None, 0.1, 0.0, False, 0.0),
+        lambda: count_correct(engine, d, np.zeros(3, np.int32), None, engine.zeros((1,), np.float32)),
+        lambda: sgd_update(engine, d, host, None, 0.1, 0.0, False, 0.0),
         lambda: engine.to_host(host),
         lambda: engine.upload(host, host),
     ]
@@ -382,7 +386,7 @@ def work_for(engine, act, z_view, dtype):
 def test_activ(engine, dtype, act, layout):
     z_host = sample_z(dtype)
     z, a = Placed(engine, z_host, layout), poisoned(engine, z_host.shape, dtype, layout)
-    assert engine.activ(act, z.view, a.view, work_for(engine, act, z.view, dtype)) is a.view
+    assert act.activ(engine, z.view, a.view, work_for(engine, act, z.view, dtype)) is a.view
     result = a.get()
     assert np.isfinite(result).all()
     assert_close(result, ref_activ(act, z_host.astype(np.float64)), dtype)
@@ -396,7 +400,7 @@ def test_bias_activ(engine, dtype, act, layout):
     b_host = rng(1).normal(size=z_host.shape[1]).astype(dtype)
     z, b = Placed(engine, z_host, layout), Placed(engine, b_host, layout)
     a = poisoned(engine, z_host.shape, dtype, layout)
-    assert engine.bias_activ(act, z.view, b.view, a.view, work_for(engine, act, z.view, dtype)) is a.view
+    assert act.bias_activ(engine, z.view, b.view, a.view, work_for(engine, act, z.view, dtype)) is a.view
     zb = (z_host + b_host).astype(np.float64)      # z + b rounded as the engine rounds it
     assert_close(z.get(), zb, dtype, "z += b")
     result = a.get()
@@ -410,7 +414,7 @@ def test_bias_activ(engine, dtype, act, layout):
 def test_prime(engine, dtype, act, layout):
     z_host = sample_z(dtype)
     z = Placed(engine, z_host, layout)
-    assert engine.prime(act, z.view, work_for(engine, act, z.view, dtype)) is z.view
+    assert act.prime(engine, z.view, work_for(engine, act, z.view, dtype)) is z.view
     result = z.get()
     assert np.isfinite(result).all()
     assert_close(result, ref_prime(act, z_host.astype(np.float64)), dtype)
@@ -426,7 +430,7 @@ def test_delta(engine, dtype, act, layout, with_db):
     z, g = Placed(engine, z_host, layout), Placed(engine, g_host, layout)
     db = poisoned(engine, z_host.shape[1:], dtype, layout) if with_db else None
     work = work_for(engine, act, z.view, dtype)
-    assert engine.delta(act, z.view, g.view, work, db.view if with_db else None) is z.view
+    assert act.delta(engine, z.view, g.view, work, db.view if with_db else None) is z.view
     result = z.get()          # g may be used as scratch: only its padding is checked
     assert np.isfinite(result).all()
     want = ref_delta(act, z_host.astype(np.float64), g_host.astype(np.float64))
@@ -487,7 +491,7 @@ def test_cost_value(engine, dtype, cost, shape, layout):
     a, y = Placed(engine, a_host, layout), Placed(engine, y_host, layout)
     work = engine.empty(shape, dtype)
     acc = to_dev(engine, [7.0, 3.0], dtype)
-    assert engine.cost_value(cost, a.view, y.view, work, acc[1:2]) is not None
+    assert cost.value(engine, a.view, y.view, work, acc[1:2]) is not None
     total = ref_loss(cost, a_host.astype(np.float64), y_host.astype(np.float64), cost.eps(dtype)).sum()
     got = engine.to_host(acc)
     assert got[0] == 7.0
@@ -505,7 +509,7 @@ def test_cost_gradient(engine, dtype, cost, in_place, layout):
     out = a if in_place else poisoned(engine, a_host.shape, dtype, layout)
     work = engine.empty(a_host.shape, dtype)
     scale = 1.0 / 6
-    assert engine.cost_gradient(cost, a.view, y.view, out.view, scale, work) is out.view
+    assert cost.gradient(engine, a.view, y.view, out.view, scale, work) is out.view
     expected = scale * ref_grad(cost, a_host.astype(np.float64), y_host.astype(np.float64), cost.eps(dtype))
     assert_close(out.get(), expected, dtype)
 
@@ -515,7 +519,7 @@ def test_diff(engine, dtype, layout):
     a_host, y_host = sample_outputs(dtype)
     a, y = Placed(engine, a_host, layout), Placed(engine, y_host, layout)
     out = poisoned(engine, a_host.shape, dtype, layout)
-    assert engine.diff(a.view, y.view, out.view, 0.25) is out.view
+    assert diff(engine, a.view, y.view, out.view, 0.25) is out.view
     assert_close(out.get(), 0.25 * (a_host.astype(np.float64) - y_host), dtype)
 
 
@@ -542,7 +546,7 @@ def test_count_correct(engine, dtype, rows, cols, layout):
     a, labels = Placed(engine, a_host, layout), Placed(engine, labels_host.astype(it), layout)
     work = engine.empty((rows,), it)
     acc = to_dev(engine, [2.0, 5.0], dtype)
-    engine.count_correct(a.view, labels.view, work, acc[1:2])
+    count_correct(engine, a.view, labels.view, work, acc[1:2])
     np.testing.assert_array_equal(engine.to_host(acc), [2.0, 5.0 + expected])
     np.testing.assert_array_equal(a.get(), a_host)
 
@@ -564,7 +568,7 @@ def test_sgd_update(engine, dtype, case, shape):
     lr = 0.1
     w, g = to_dev(engine, w_host), to_dev(engine, g_host)
     v = to_dev(engine, v_host) if momentum else None
-    engine.sgd_update(w, g, v, lr, momentum, nesterov, wd)
+    sgd_update(engine, w, g, v, lr, momentum, nesterov, wd)
     w64, g64 = w_host.astype(np.float64), g_host + wd * w_host.astype(np.float64)
     if momentum:
         v_new = momentum * v_host - lr * g64
@@ -590,7 +594,7 @@ def test_adam_update(engine, dtype, case, shape):
     size = int(np.prod(shape))
     scratch = engine.empty((size + 5,), dtype)          # as Adam does: a view of a shared buffer
     work = scratch[:size].reshape(shape)
-    engine.adam_update(w, g, m, v, step, eps, beta1, beta2, wd, decay, work)
+    adam_update(engine, w, g, m, v, step, eps, beta1, beta2, wd, decay, work)
     w64 = w_host.astype(np.float64)
     g64 = g_host + wd * w64
     m_new = beta1 * m_host + (1 - beta1) * g64

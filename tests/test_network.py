@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import densenn as dn
+from densenn.layer import FoldedSGDDense
 from densenn import io as dn_io
 
 # -- data -----------------------------------------------------------------------------------------
@@ -188,7 +189,7 @@ def test_switching_from_folded_sgd_to_adam_gives_the_trainer_its_gradients():
     grads_trainer = net._trainer
     net.fit(x, y, epochs=1, batch_size=4, optimizer=dn.SGD(0.1), progress=False)
     assert net._trainer is grads_trainer          # one with gradients serves folded SGD too
-    without = dn.DenseTraining(net.layers[0], net._trainer.x, gradients=False)
+    without = FoldedSGDDense(net.layers[0], net._trainer.x)
     with pytest.raises(dn.DensennError, match="keeps no ∇w"):
         without.backward(propagate=False)
 
@@ -529,7 +530,7 @@ def test_huge_learning_rate_raises_training_diverged(digits):
     start = net.get_weights()
     with pytest.raises(dn.TrainingDiverged, match="epoch 1") as info:
         net.fit(x, y, epochs=3, optimizer=dn.SGD(1e6), progress=False)
-    assert isinstance(info.value, dn.DensennError)
+    assert isinstance(info.value, dn.DensennException) and not isinstance(info.value, ValueError)
     assert "learning rate" in str(info.value)
     assert weights_equal(net.get_weights(), start)                        # the start of that epoch
     assert all(np.isfinite(w).all() and np.isfinite(b).all() for w, b in net.get_weights())
@@ -673,10 +674,13 @@ def test_set_weights_failure_changes_nothing():
     assert weights_equal(net.get_weights(), before)
 
 
-def test_densenn_error_is_a_value_error():
+def test_errors_a_user_can_tell_apart():
+    """Bad input is a ValueError; a missing engine and a diverged training are not; one base
+    class catches all three."""
     assert issubclass(dn.DensennError, ValueError)
-    assert issubclass(dn.TrainingDiverged, dn.DensennError)
-    assert issubclass(dn.EngineUnavailable, dn.DensennError)
+    for cls in (dn.DensennError, dn.TrainingDiverged, dn.EngineUnavailable):
+        assert issubclass(cls, dn.DensennException)
+    assert not issubclass(dn.TrainingDiverged, ValueError) and not issubclass(dn.EngineUnavailable, ValueError)
 
 
 def test_inputs_are_not_modified():

@@ -243,9 +243,9 @@ def _activation_outputs(engine, act, z):
     n, m = z.shape
     fn = ActivationFn.for_layer(act, e, n, m, np.float32)
     zs, a = e.to_engine(z.copy()), e.empty(z.shape, np.float32)
-    e.bias_activ(act, zs, e.zeros((m,), np.float32), a, fn.work)
+    act.bias_activ(e, zs, e.zeros((m,), np.float32), a, fn.work)
     zd, g = e.to_engine(z.copy()), e.to_engine(np.full_like(z, 0.5))
-    e.delta(act, zd, g, fn.work)
+    act.delta(e, zd, g, fn.work)
     return e.to_host(a), e.to_host(zd)
 
 

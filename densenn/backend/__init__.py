@@ -15,7 +15,7 @@ import threading
 
 from densenn.backend.base import Engine, check_dtype
 from densenn.backend.cpu import CPUEngine
-from densenn.errors import DensennError, EngineUnavailable
+from densenn.errors import DensennError, DensennException, EngineUnavailable
 
 #: engine kind -> (module, factory function taking the text after "kind:")
 _KINDS = {
@@ -89,7 +89,7 @@ def available_engines() -> dict[str, str | None]:
         try:
             get_engine(kind)
             status[kind] = None
-        except DensennError as exc:
+        except DensennException as exc:
             status[kind] = str(exc)
         except Exception as exc:  # a broken driver must not break `densenn info`
             status[kind] = f"{type(exc).__name__}: {exc}"

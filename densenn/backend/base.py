@@ -92,56 +92,27 @@ class Engine(Protocol):
         ``idx`` is an int32 engine array (the training loop uploads a batch's
         indices once and gathers x, y and labels with them) or a host int array."""
 
-    # -- activations (see densenn.activation for the math) -----------------
-    def activ(self, act, z, a, work=None) -> Array:
-        """a = f(z); keeps z."""
+    # -- declared operations (see densenn.kernels.ops) ---------------------
+    # Activations, costs, optimizers and metrics declare their arithmetic as Map, RowMap
+    # and Sum operations; an engine runs any of them and names none.
+    def can(self, op) -> bool:
+        """Whether this engine has a form of the declared operation ``op``."""
 
-    def bias_activ(self, act, z, b, a, work=None) -> Array:
-        """z += b, then a = f(z): the forward step after the GEMM, fused where the engine can."""
+    def map(self, op, arrays, scalars=(), work=None, sums=None) -> None:
+        """Run Map or RowMap ``op`` over ``arrays`` (in ``op.arrays`` order; those in
+        ``op.writes`` are overwritten) with ``scalars``. ``work``: scratch for forms that
+        need it (row-sliced with the arrays). With ``sums``: also sums = Σ rows of the
+        first written array (overwritten; in the same pass where the engine can)."""
 
-    def prime(self, act, z, work=None) -> Array:
-        """z = f'(z). Overwrites z."""
-
-    def delta(self, act, z, a, work=None, db=None) -> Array:
-        """z = f'(z) ∘ a. Overwrites z; a may be used as scratch. With ``db``, also
-        db = Σ rows of the new z (∇b; one pass where the engine can). Overwrites db."""
-
-    # -- costs and metrics --------------------------------------------------
-    def cost_value(self, cost, a, y, work, acc) -> Array:
-        """acc[0] += Σ over rows of C(a, y). ``work`` (shaped like a) is scratch."""
-
-    def cost_gradient(self, cost, a, y, out, scale, work) -> Array:
-        """out = scale · ∂C/∂a. ``out`` may be ``a``."""
-
-    def diff(self, a, y, out, scale) -> Array:
-        """out = scale · (a - y): delta of a cost paired with its output activation."""
-
-    def count_correct(self, a, labels, work, acc) -> Array:
-        """acc[0] += #rows whose predicted class (argmax, or a > 0.5 for one output) equals labels."""
-
-    # Optional: an engine whose ``fuses_softmax_crossentropy`` is true also offers
-    # ``softmax_crossentropy(z, b, a, labels, scale, db, acc)``: bias + softmax + the
-    # cross-entropy loss and hits against class labels (into acc[0], acc[1]) + delta
-    # ``z = scale·(a - onehot)`` + ``db = Σ_rows delta``, in one kernel. Engines without
-    # it get the same numbers from bias_activ, cost_value, count_correct, diff, sum_rows.
-
-    # -- optimizers -----------------------------------------------------------
-    def sgd_update(self, w, g, v, lr, momentum, nesterov, weight_decay) -> Array:
-        """One SGD step on w (overwrites w, v and g): g += wd·w; v = μv - lr·g;
-        w += v (or, Nesterov, w += μv - lr·g); plain SGD (v None) w -= lr·g."""
-
-    def adam_update(self, w, g, m, v, step, eps, beta1, beta2, weight_decay, decay, work) -> Array:
-        """One Adam step (overwrites w, g, m, v, work): g += wd·w (L2); m = β1m + (1-β1)g;
-        v = β2v + (1-β2)g²; w -= step · m / (√v + eps) - decay · w, where ``step`` and
-        ``eps`` already carry the bias correction and ``decay`` is AdamW's lr·wd."""
+    def reduce(self, op, arrays, scalars, acc, work=None) -> Array:
+        """acc[0] += Σ of Sum ``op``'s terms over ``arrays``; stays on the device."""
 
 
 #: the protocol's operations by name, the optional fused output kernel included
-OPERATIONS = tuple(name for name, value in vars(Engine).items()
-                   if callable(value) and not name.startswith("_")) + ("softmax_crossentropy",)
+OPERATIONS = tuple(name for name, value in vars(Engine).items() if callable(value) and not name.startswith("_"))
 
 
-def serialize(engine, extra=()) -> None:
+def serialize(engine, extra=(), context=None) -> None:
     """Make every operation of ``engine`` (and the methods named in ``extra``) run under one
     lock, ``engine.lock``, so that networks on this engine can be used from several threads.
 
@@ -150,7 +121,8 @@ def serialize(engine, extra=()) -> None:
     enqueues), and they keep per-engine scratch (index buffers, pending uploads). One
     operation at a time keeps each step whole; the queue is in order, so work queued by
     one thread never sees another's half-written arguments. The lock is reentrant:
-    operations may call each other.
+    operations may call each other. ``context`` (a context manager, such as a CUDA device)
+    is entered around every operation too.
     """
     lock = threading.RLock()
     engine.lock = lock
@@ -162,7 +134,10 @@ def serialize(engine, extra=()) -> None:
         @functools.wraps(method)
         def locked(*args, _method=method, **kwargs):
             with lock:
-                return _method(*args, **kwargs)
+                if context is None:
+                    return _method(*args, **kwargs)
+                with context:
+                    return _method(*args, **kwargs)
 
         setattr(engine, name, locked)
 

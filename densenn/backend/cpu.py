@@ -15,13 +15,13 @@ import numpy as np
 from scipy.linalg import blas
 
 from densenn.backend import cpu_fused, cpu_mkl, cpu_threads
+from densenn.backend.cpu_fused import map_kernel, row_kernel
 from densenn.errors import DensennError, check_positive_int
+from densenn.kernels.ops import RowMap
 
 _GEMM = {np.dtype(np.float32): blas.sgemm, np.dtype(np.float64): blas.dgemm}
 _AXPY = {np.dtype(np.float32): blas.saxpy, np.dtype(np.float64): blas.daxpy}
 _GER = {np.dtype(np.float32): blas.sger, np.dtype(np.float64): blas.dger}
-#: the smallest normal number per dtype: the fused optimizers flush moments below it
-_TINY = {dt: dt.type(np.finfo(dt).tiny) for dt in _GEMM}
 #: every buffer the engine makes starts on a cache line. NumPy's own start 16 bytes past
 #: one here, and MKL's GEMM ran the seed's 4000² products 2-4% slower on those.
 ALIGN = 64
@@ -46,6 +46,13 @@ class _Scratch(threading.local):
     def __init__(self):
         self.coefs: dict = {}       # (dtype, n) -> the scalars of an update kernel (see _coef)
         self.partials: dict = {}    # (dtype, width) -> row blocks' column sums (see delta)
+
+
+def _contiguous(arrays) -> bool:
+    for x in arrays:
+        if not x.flags.c_contiguous:
+            return False
+    return True
 
 
 def _rows(x, lo, hi):
@@ -103,10 +110,6 @@ class CPUEngine:
 
     def __repr__(self):
         return f"CPUEngine(fused={self.fused}, blas={self.blas!r}, threads={self._blocks.threads})"
-
-    def _fuses(self, act, *arrays) -> bool:
-        return self.fused and act.name in cpu_fused.FUSED_ACTIVATIONS and \
-            all(x.flags.c_contiguous for x in arrays)
 
     # -- memory ------------------------------------------------------------
     def supports(self, dtype) -> bool:
@@ -222,57 +225,102 @@ class CPUEngine:
             return out
         return np.take(src, idx, axis=0, out=out, mode="clip")
 
-    # -- activations -----------------------------------------------------------
+    # -- declared operations (see densenn.kernels.ops) -------------------------------------
     # A large pass runs in row blocks on all cores (rows are independent; see cpu_threads),
     # a small one in one call on the calling thread.
-    def activ(self, act, z, a, work=None):
-        if self._blocks.splits(z):
-            self._blocks.run(lambda lo, hi: act.np_activ(z[lo:hi], a[lo:hi], _rows(work, lo, hi)), z.shape[0])
-            return a
-        return act.np_activ(z, a, work)
+    def can(self, op) -> bool:
+        """Whether this engine runs ``op`` (a RowMap needs a Numba form or a NumPy one here)."""
+        if isinstance(op, RowMap):
+            return (self.fused and op.numba is not None) or op.numpy is not None
+        return True
 
-    def bias_activ(self, act, z, b, a, work=None):
-        if self._blocks.splits(z):
-            self._blocks.run(lambda lo, hi: self._bias_activ(act, z[lo:hi], b, a[lo:hi], _rows(work, lo, hi)),
-                             z.shape[0])
+    def map(self, op, arrays, scalars=(), work=None, sums=None):
+        """Run Map or RowMap ``op`` over ``arrays`` (overwriting those it writes); with
+        ``sums``, also sums = Σ rows of the first written array (overwritten)."""
+        if isinstance(op, RowMap):
+            return self._map_rows(op, arrays, scalars, work, sums)
+        # (no generator expressions on this path: on CPython 3.11 each leaves a cycle for the
+        # garbage collector, which the allocation-free step tests count)
+        if not (self.fused and op.cpu == "numba" and _contiguous(arrays)):
+            self._numpy(op, arrays, scalars, work)
+            if sums is not None:
+                self.sum_rows(arrays[op.first_written], sums)
+            return
+        coef = self._coef(arrays[0].dtype, scalars)
+        if op.cpu_prepass is not None:
+            target = arrays[op.first_written]
+            self._in_blocks(target, lambda lo, hi: op.cpu_prepass(target[lo:hi]))
+        if op.has_cols or (sums is not None and arrays[0].ndim == 2):
+            self._map_2d(map_kernel(op, arrays[0].dtype, "rows" if sums is None else "sums"), op, arrays, coef, sums)
+            return
+        flat = [x.reshape(-1) for x in arrays]
+        omp = self._omp(op, flat[0])
+        if omp is not None:
+            omp(*flat, coef, self._no_sums[flat[0].dtype])
+            return
+        kernel = map_kernel(op, flat[0].dtype, "flat")
+        no_sums = self._no_sums[flat[0].dtype]
+        self._in_blocks(flat[0], lambda lo, hi: kernel(*[x[lo:hi] for x in flat], coef, no_sums))
+
+    def _in_blocks(self, x, fn):
+        if self._blocks.splits(x):
+            self._blocks.run(fn, x.shape[0])
         else:
-            self._bias_activ(act, z, b, a, work)
-        return a
+            fn(0, x.shape[0])
 
-    def _bias_activ(self, act, z, b, a, work):
-        if self._fuses(act, z, a):
-            cpu_fused.activation_kernels(act)[0](z, b, a, z.dtype.type(act.param))
-        else:
-            self.add_bias(z, b)
-            act.np_activ(z, a, work)
+    def _numpy(self, op, arrays, scalars, work):
+        """``op``'s NumPy form, in row blocks for a large pass (``col`` arrays whole)."""
+        split = op.splits
+        rows = arrays[split.index(True)] if True in split else None
+        if rows is None or not getattr(op, "cpu_blocks", True) or not self._blocks.splits(rows):
+            op.numpy(self, arrays, scalars, work)
+            return
+        self._blocks.run(lambda lo, hi: op.numpy(self, [x[lo:hi] if s else x for x, s in zip(arrays, split)],
+                                                 scalars, _rows(work, lo, hi)), rows.shape[0])
 
-    def prime(self, act, z, work=None):
-        if self._blocks.splits(z):
-            self._blocks.run(lambda lo, hi: act.np_prime(z[lo:hi], _rows(work, lo, hi)), z.shape[0])
-            return z
-        return act.np_prime(z, work)
-
-    def delta(self, act, z, a, work=None, db=None):
-        # Where a Numba kernel does the delta, it adds up ∇b on the way; row blocks add
-        # theirs into rows of a kept scratch (_partial_sums), summed into db at the end; the
-        # NumPy path sums after.
-        kernel = self._delta_kernel(act, z, a)
-        sums = kernel is not None and db is not None and db.shape == z.shape[1:] and db.dtype == z.dtype and \
-            db.flags.c_contiguous
+    def _map_2d(self, kernel, op, arrays, coef, sums, typed=False):
+        """A rows × columns kernel, in row blocks; the blocks' column sums go into rows of a kept
+        scratch (_partial_sums), summed into ``sums`` at the end."""
+        split = op.splits
+        z = arrays[op.first_written]
+        want = sums is not None and sums.shape == z.shape[1:] and sums.dtype == z.dtype and \
+            sums.flags.c_contiguous
+        extra = coef if typed else (coef,)
         if self._blocks.splits(z):
             bounds = self._blocks.bounds(z.shape[0])
-            part = self._partial_sums(z.dtype, z.shape[1], len(bounds) - 1) if sums else None
-            self._blocks.run(lambda lo, hi: self._delta(act, kernel, z[lo:hi], a[lo:hi], _rows(work, lo, hi),
-                                                        part[bounds.index(lo)] if sums else None), z.shape[0])
-            if sums:
-                np.add.reduce(part, axis=0, out=db)
+            part = self._partial_sums(z.dtype, z.shape[1], len(bounds) - 1) if want else None
+            self._blocks.run(lambda lo, hi: kernel(*[x[lo:hi] if s else x for x, s in zip(arrays, split)], *extra,
+                                                   part[bounds.index(lo)] if want else self._no_sums[z.dtype]),
+                             z.shape[0])
+            if want:
+                np.add.reduce(part, axis=0, out=sums)
         else:
-            if sums:
-                db.fill(0)
-            self._delta(act, kernel, z, a, work, db if sums else None)
-        if db is not None and not sums:
-            self.sum_rows(z, db)
-        return z
+            if want:
+                sums.fill(0)
+            kernel(*arrays, *extra, sums if want else self._no_sums[z.dtype])
+        if sums is not None and not want:
+            self.sum_rows(z, sums)
+
+    def _map_rows(self, op, arrays, scalars, work, sums):
+        if not (self.fused and op.numba is not None):
+            if op.numpy is None:
+                raise DensennError(f"operation {op.name!r} has no NumPy form and this engine runs without Numba")
+            self._numpy(op, arrays, scalars, work)
+            if sums is not None:
+                self.sum_rows(arrays[op.first_written], sums)
+            return
+        t = arrays[0].dtype.type
+        typed = [t(s) for s in scalars]
+        if op.has_whole:      # an accumulator: one call, no blocks
+            z = arrays[op.first_written]
+            row_kernel(op)(*arrays, *typed, self._no_sums[z.dtype] if sums is None else sums)
+            return
+        self._map_2d(row_kernel(op), op, arrays, typed, sums, typed=True)
+
+    def reduce(self, op, arrays, scalars, acc, work=None):
+        """acc[0] += Σ of Sum ``op``'s terms over ``arrays`` (its NumPy form)."""
+        acc[0] += op.numpy(self, arrays, scalars, work)
+        return acc
 
     def _partial_sums(self, dtype, m: int, parts: int):
         """Zeroed (parts, m) scratch for the blocks' column sums, kept for the next step."""
@@ -284,132 +332,18 @@ class CPUEngine:
         part.fill(0)
         return part
 
-    def _delta_kernel(self, act, z, a):
-        """(head, kernel) of the Numba delta for this activation and these arrays, else None
-        (the NumPy path). ``head`` is NumPy's SIMD tanh pass before a tail kernel, or None."""
-        if self._fuses(act, z, a):
-            return None, cpu_fused.activation_kernels(act)[1]
-        if self.fused and act.py_delta_tail is not None and z.flags.c_contiguous and a.flags.c_contiguous:
-            return act.np_delta_head, cpu_fused.delta_tail_kernel(act)
-        return None
-
-    def _delta(self, act, kernel, z, a, work, db):
-        """The delta pass over rows of z (row views of a C-contiguous z keep its kernel); with
-        db (zeroed by the caller) the kernel adds their column sums to it."""
-        if kernel is None:
-            act.np_delta(z, a, work)
-            return
-        head, fn = kernel
-        if head is not None:
-            head(z)
-        fn(z, a, z.dtype.type(act.param), self._no_sums[z.dtype] if db is None else db)
-
-    # -- costs and metrics ---------------------------------------------------
-    def cost_value(self, cost, a, y, work, acc):
-        acc[0] += cost.np_value(a, y, work)
-        return acc
-
-    def cost_gradient(self, cost, a, y, out, scale, work):
-        cost.np_gradient(a, y, out, scale, work)
-        return out
-
-    @property
-    def fuses_softmax_crossentropy(self) -> bool:
-        """Whether ``softmax_crossentropy`` is one kernel here (else the network calls the steps one by one)."""
-        return self.fused
-
-    def softmax_crossentropy(self, z, b, a, labels, scale, db, acc):
-        """The softmax output layer with cross-entropy against class ``labels``, in one pass.
-
-        z += b; a = softmax(z); acc[0] += Σ -ln max(a[label], eps); acc[1] += #(argmax a == label);
-        z = scale·(a - onehot(labels)) (delta); db = Σ_rows delta. Overwrites z, a, db; adds into acc.
-        """
-        if not self.fused:
-            raise DensennError("softmax_crossentropy needs the fused kernels (Numba); "
-                               "check fuses_softmax_crossentropy first")
-        t = z.dtype.type
-        cpu_fused.head_kernel()(z, b, a, labels, t(scale), t(np.finfo(z.dtype).eps), db, acc)
-        return z
-
-    def diff(self, a, y, out, scale):
-        np.subtract(a, y, out=out)
-        return np.multiply(out, scale, out=out)
-
-    def count_correct(self, a, labels, work, acc):
-        if a.shape[1] == 1:
-            np.greater(a[:, 0], 0.5, out=work)
-        else:
-            np.argmax(a, axis=1, out=work)
-        # predicted - true is 0 exactly where they agree (np.equal would make a bool temporary)
-        np.subtract(work, labels, out=work)
-        acc[0] += work.size - np.count_nonzero(work)
-        return acc
-
-    # -- optimizers ------------------------------------------------------------
     def _coef(self, dtype, values):
-        """The update kernels' scalars, written into this engine's vector for them (order: see cpu_fused._adam)."""
+        """The scalars of a flat kernel, written into this thread's vector for them."""
         key = (dtype, len(values))
         coefs = self._scratch.coefs
         if key not in coefs:
-            coefs[key] = np.empty(len(values), dtype)
+            coefs[key] = np.empty(max(len(values), 1), dtype)
         coef = coefs[key]
-        coef[:] = values
+        coef[:len(values)] = values
         return coef
 
-    def _omp_updates(self, w):
-        """The OpenMP update kernels for a large enough w when MKL runs on GNU OpenMP, else None."""
-        if w.size < cpu_fused.OMP_MIN or self.threads == 1 or self._mkl is None or self._mkl.threading != "gnu":
+    def _omp(self, op, x):
+        """The OpenMP form of a flat map over a large enough x when MKL runs on GNU OpenMP, else None."""
+        if x.size < cpu_fused.OMP_MIN or self.threads == 1 or self._mkl is None or self._mkl.threading != "gnu":
             return None
-        return cpu_fused.omp_optimizer_kernels()
-
-    def _fused_update(self, which: int, arrays: tuple, *scalars):
-        """Update kernel ``which`` (0 Adam, 1 momentum; see cpu_fused.optimizer_kernels) over
-        flat parameter arrays (w first; all overwritten): on OpenMP threads, in row blocks,
-        or in one call, by size."""
-        omp = self._omp_updates(arrays[0])
-        if omp is not None:
-            omp[which](*arrays, *scalars)
-            return
-        kernel = cpu_fused.optimizer_kernels()[which]
-        if self._blocks.splits(arrays[0]):
-            self._blocks.run(lambda lo, hi: kernel(*[x[lo:hi] for x in arrays], *scalars), arrays[0].size)
-        else:
-            kernel(*arrays, *scalars)
-
-    def sgd_update(self, w, g, v, lr, momentum, nesterov, weight_decay):
-        # Plain SGD is one BLAS axpy below, which OpenBLAS spreads over its threads:
-        # twice as fast as a one-thread fused loop for large layers.
-        if self.fused and v is not None:
-            coef = self._coef(w.dtype, (lr, momentum, weight_decay, _TINY[w.dtype]))
-            self._fused_update(1, (w.reshape(-1), g.reshape(-1), v.reshape(-1)), coef, bool(nesterov))
-            return w
-        if weight_decay:
-            self.axpy(weight_decay, w, g)
-        if v is None:
-            return self.axpy(-lr, g, w)
-        np.multiply(v, momentum, out=v)
-        self.axpy(-lr, g, v)
-        if nesterov:
-            self.axpy(momentum, v, w)
-            return self.axpy(-lr, g, w)
-        return self.axpy(1.0, v, w)
-
-    def adam_update(self, w, g, m, v, step, eps, beta1, beta2, weight_decay, decay, work):
-        if self.fused:
-            coef = self._coef(w.dtype, (step, eps, beta1, beta2, 1.0 - beta1, 1.0 - beta2, weight_decay,
-                                        1.0 - decay, _TINY[w.dtype]))
-            self._fused_update(0, (w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)), coef)
-            return w
-        if weight_decay:
-            self.axpy(weight_decay, w, g)
-        if decay:
-            np.multiply(w, 1.0 - decay, out=w)
-        np.multiply(m, beta1, out=m)
-        self.axpy(1.0 - beta1, g, m)
-        np.multiply(v, beta2, out=v)
-        np.square(g, out=g)                     # g is spent once m has it
-        self.axpy(1.0 - beta2, g, v)
-        np.sqrt(v, out=work)
-        np.add(work, eps, out=work)
-        np.divide(m, work, out=work)
-        return self.axpy(-step, work, w)
+        return cpu_fused.omp_kernel(op, x.dtype)

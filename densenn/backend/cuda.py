@@ -46,6 +46,8 @@ import numpy as np
 
 from densenn.backend.base import serialize
 from densenn.errors import DensennError, EngineUnavailable
+from densenn.kernels import gpu
+from densenn.kernels.ops import RowMap
 
 try:
     import cupy
@@ -66,8 +68,7 @@ _CTYPES = {"f": "float", "d": "double", "b": "signed char", "B": "unsigned char"
 
 BLOCK = 256             # threads per block of the elementwise and reduction kernels
 WARP = 32
-ROWS_PER_BLOCK = BLOCK // WARP   # softmax: one warp per row
-_I32_LIMIT = 2 ** 31    # below this, kernels index with 32-bit unsigned ints
+_I = np.int64           # every size and offset crosses into the kernels as a 64-bit integer
 
 CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
 CUBLAS_DEFAULT_MATH, CUBLAS_TF32_TENSOR_OP_MATH = 0, 3   # cublasMath_t (cublas_api.h)
@@ -78,134 +79,15 @@ def _env_flag(name: str) -> bool:
 
 
 # =========================================================================================
-# Kernel sources
+# Kernel sources: the declared operations and the shared ones come from densenn.kernels.gpu;
+# the column sums here are CUDA's own, tiled (one thread per column, as the shared kernel
+# does, would leave most of a GPU idle for a 10-wide output layer)
 # =========================================================================================
-_NEG_INF = {"float": "__int_as_float(0xff800000)", "double": "__longlong_as_double(0xfff0000000000000ULL)"}
-
-#: typedefs for one compiled module: T the element type, I the index type
-_PRELUDE = """\
-typedef {T} T;
-typedef {I} I;
-#ifndef WARP
-#define WARP 32
-#endif
-"""
-
-#: warp and block reductions (written in terms of WARP and blockDim so that a CPU
-#: emulation with WARP=1 and one thread per block runs the same code)
-_REDUCE = r"""
-template <typename S>
-__device__ __forceinline__ S warp_sum(S v) {
-    for (int o = WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-template <typename S>
-__device__ __forceinline__ S warp_max(S v) {
-    for (int o = WARP / 2; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-/* The sum of v over the block, valid in thread 0. blockDim.x: a multiple of WARP, <= 1024. */
-template <typename S>
-__device__ S block_sum(S v) {
-    __shared__ S part[1024 / WARP];
-    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
-    v = warp_sum(v);
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        v = (lane < (int)(blockDim.x / WARP)) ? part[lane] : (S)0;
-        v = warp_sum(v);
-    }
-    return v;
-}
-"""
-
-#: row kernels: softmax (one warp per row), column sums, and the last step of reductions
-_ROWS = r"""
-#define NEG_INF {neg_inf}
-
-/* Row-wise softmax, one warp per row. with_bias: z += b first (written back), then a = softmax(z);
-   else a = softmax(z), z kept. a may be z. */
-extern "C" __global__ void softmax_fwd(T* z, const T* b, T* a, const I n_rows, const I m,
-                                       const I ldz, const I lda, const int with_bias) {
-    const I row = (I)blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
-    const I lane = threadIdx.x % WARP;
-    if (row >= n_rows) return;   /* the whole warp leaves together: one row per warp */
-    T* zr = z + row * ldz;
-    T* ar = a + row * lda;
-    T top = NEG_INF;
-    for (I j = lane; j < m; j += WARP) {
-        T v = zr[j];
-        if (with_bias) { v += b[j]; zr[j] = v; }
-        ar[j] = v;
-        top = fmax(top, v);
-    }
-    top = warp_max(top);
-    T total = 0;
-    for (I j = lane; j < m; j += WARP) {
-        const T e = exp(ar[j] - top);   /* shifted by the row max: no overflow */
-        ar[j] = e;
-        total += e;
-    }
-    total = warp_sum(total);
-    for (I j = lane; j < m; j += WARP) ar[j] = ar[j] / total;
-}
-
-/* z = s(1 - s), s = softmax(z) per row: the diagonal of the Jacobian, as 1/4 - (s - 1/2)^2. */
-extern "C" __global__ void softmax_prime(T* z, const I n_rows, const I m, const I ldz) {
-    const I row = (I)blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
-    const I lane = threadIdx.x % WARP;
-    if (row >= n_rows) return;
-    T* zr = z + row * ldz;
-    T top = NEG_INF;
-    for (I j = lane; j < m; j += WARP) top = fmax(top, zr[j]);
-    top = warp_max(top);
-    T total = 0;
-    for (I j = lane; j < m; j += WARP) {
-        const T e = exp(zr[j] - top);
-        zr[j] = e;
-        total += e;
-    }
-    total = warp_sum(total);
-    for (I j = lane; j < m; j += WARP) {
-        const T d = zr[j] / total - (T)0.5;
-        zr[j] = (T)0.25 - d * d;
-    }
-}
-
-/* z = s * (g - sum_j s_j g_j), s = softmax(z) per row, g the incoming signal (kept). */
-extern "C" __global__ void softmax_delta(T* z, const T* g, const I n_rows, const I m,
-                                         const I ldz, const I ldg) {
-    const I row = (I)blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
-    const I lane = threadIdx.x % WARP;
-    if (row >= n_rows) return;
-    T* zr = z + row * ldz;
-    const T* gr = g + row * ldg;
-    T top = NEG_INF;
-    for (I j = lane; j < m; j += WARP) top = fmax(top, zr[j]);
-    top = warp_max(top);
-    T total = 0;
-    for (I j = lane; j < m; j += WARP) {
-        const T e = exp(zr[j] - top);
-        zr[j] = e;
-        total += e;
-    }
-    total = warp_sum(total);
-    T dot = 0;
-    for (I j = lane; j < m; j += WARP) {
-        const T s = zr[j] / total;
-        zr[j] = s;
-        dot += s * gr[j];
-    }
-    dot = warp_sum(dot);
-    for (I j = lane; j < m; j += WARP) zr[j] = zr[j] * (gr[j] - dot);
-}
-
+SUM_ROWS = r"""
 /* out[g * m + j] = sum of x[i, j] over the rows i of chunk g = blockIdx.y.
-   Block (<= 32, <= 32) threads: x over columns (coalesced), y over rows. */
-extern "C" __global__ void sum_rows(const T* x, T* out, const I n_rows, const I m, const I ldx,
-                                    const I chunk) {
-    __shared__ T tile[32][33];
+   Block (32, 8) threads: x over columns (coalesced), y over rows. */
+KERNEL sum_rows_tiled(const T* x, T* out, const I n_rows, const I m, const I ldx, const I chunk) {
+    __shared__ T tile[8][33];
     const I j = (I)blockIdx.x * blockDim.x + threadIdx.x;
     const I start = (I)blockIdx.y * chunk;
     const I stop = (n_rows - start < chunk) ? n_rows : start + chunk;
@@ -221,201 +103,29 @@ extern "C" __global__ void sum_rows(const T* x, T* out, const I n_rows, const I 
     }
 }
 
-/* out[j] = sum over g < n_chunks of part[g * m + j]: the second pass of sum_rows. */
-extern "C" __global__ void sum_chunks(const T* part, T* out, const I n_chunks, const I m) {
+/* out[j] = sum over g < n_chunks of part[g * m + j]: the second pass of sum_rows_tiled. */
+KERNEL sum_chunks(const T* part, T* out, const I n_chunks, const I m) {
     const I j = (I)blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= m) return;
     T s = 0;
     for (I g = 0; g < n_chunks; ++g) s += part[g * m + j];
     out[j] = s;
 }
-
-/* acc[0] += sum of part[0:count]: the second pass of cost_value and count_correct. One block. */
-extern "C" __global__ void finish_sum(const T* part, const I count, T* acc) {
-    T s = 0;
-    for (I k = threadIdx.x; k < count; k += blockDim.x) s += part[k];
-    s = block_sum(s);
-    if (threadIdx.x == 0) acc[0] += s;
-}
 """
 
-#: sum of the per-element loss of one cost into acc[0] (one block) or part[blockIdx.x]
-_COST_VALUE = r"""
-extern "C" __global__ void cost_value(const T* pa, const T* py, T* acc, T* part, const I n_rows,
-                                      const I m, const I lda, const I ldy, const T eps) {
-    T s = 0;
-    const I total = n_rows * m;
-    for (I k = (I)blockIdx.x * blockDim.x + threadIdx.x; k < total; k += (I)blockDim.x * gridDim.x) {
-        const I r = k / m, c = k - r * m;
-        const T a = pa[r * lda + c];
-        const T y = py[r * ldy + c];
-        s += (LOSS);
-    }
-    s = block_sum(s);
-    if (threadIdx.x == 0) {
-        if (gridDim.x == 1) acc[0] += s;
-        else part[blockIdx.x] = s;
-    }
-}
-"""
-
-#: rows whose prediction (argmax, first maximum as in NumPy; a > 0.5 for one output) equals the label
-_COUNT_CORRECT = r"""
-typedef {L} L;
-extern "C" __global__ void count_correct(const T* pa, const L* labels, T* acc, T* part,
-                                         const I n_rows, const I m, const I lda) {
-    int hits = 0;
-    for (I r = (I)blockIdx.x * blockDim.x + threadIdx.x; r < n_rows; r += (I)blockDim.x * gridDim.x) {
-        const T* ar = pa + r * lda;
-        long long pred = 0;
-        if (m == 1) {
-            pred = ar[0] > (T)0.5 ? 1 : 0;
-        } else {
-            T best = ar[0];
-            bool nan = best != best;          /* NumPy's argmax stops at the first NaN */
-            for (I j = 1; j < m && !nan; ++j) {
-                const T v = ar[j];
-                if (v != v) { pred = (long long)j; nan = true; }
-                else if (v > best) { best = v; pred = (long long)j; }
-            }
-        }
-        hits += (pred == (long long)labels[r]) ? 1 : 0;
-    }
-    hits = block_sum(hits);
-    if (threadIdx.x == 0) {
-        if (gridDim.x == 1) acc[0] += (T)hits;
-        else part[blockIdx.x] = (T)hits;
-    }
-}
-"""
-
-#: out = src[idx] (rows), indices clipped into range like numpy.take(mode="clip")
-_TAKE_ROWS = r"""
-typedef {IX} IX;
-extern "C" __global__ void take_rows(const T* src, const IX* idx, T* out, const I total,
-                                     const I m, const long long n_src) {
-    for (I k = (I)blockIdx.x * blockDim.x + threadIdx.x; k < total; k += (I)blockDim.x * gridDim.x) {
-        const I r = k / m, c = k - r * m;
-        long long s = (long long)idx[r];
-        s = s < 0 ? 0 : (s >= n_src ? n_src - 1 : s);
-        out[k] = src[s * (long long)m + c];
-    }
-}
-"""
+_MODULES: dict = {}   # program text -> cupy.RawModule (compiled on first use, once per process)
 
 
-class _Ew:
-    """One elementwise operation, written once as a C statement over named elements.
-
-    ``ins`` are read, ``outs`` read and written (C references), ``scalars`` are of
-    type T; ``bias`` adds a 1-D array ``b`` indexed by the column ``col``. Compiled
-    into a grid-stride RawKernel over C-contiguous arrays (``source``), or, for
-    other strides, into a CuPy ElementwiseKernel (``elementwise``).
-    """
-
-    def __init__(self, name, ins=(), outs=(), scalars=(), body="", bias=False):
-        self.name, self.ins, self.outs, self.scalars = name, tuple(ins), tuple(outs), tuple(scalars)
-        self.body, self.bias = body, bias
-
-    def source(self) -> str:
-        params = ["const I n"] + [f"const T* p_{x}" for x in self.ins] + [f"T* p_{x}" for x in self.outs]
-        if self.bias:
-            params += ["const T* b", "const I ncol"]
-        params += [f"const T {s}" for s in self.scalars]
-        lines = [f"        const T {x} = p_{x}[i];" for x in self.ins]
-        lines += [f"        T& {x} = p_{x}[i];" for x in self.outs]
-        if self.bias:
-            lines.append("        const I col = i % ncol;")
-        loads = "\n".join(lines)
-        return (f'extern "C" __global__ void {self.name}({", ".join(params)}) {{\n'
-                "    for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < n;"
-                " i += (I)blockDim.x * gridDim.x) {\n"
-                f"{loads}\n        {self.body}\n    }}\n}}\n")
-
-    def elementwise(self):
-        ins = [f"T {x}" for x in self.ins] + (["raw T b", "int64 ncol"] if self.bias else [])
-        ins += [f"T {s}" for s in self.scalars]
-        body = ("const ptrdiff_t col = i % ncol; " if self.bias else "") + self.body
-        return cupy.ElementwiseKernel(", ".join(ins), ", ".join(f"T {x}" for x in self.outs), body,
-                                      f"densenn_{self.name}")
-
-
-class _Group:
-    """Kernels compiled together into one module per (element type, index type)."""
-
-    def __init__(self, key, ops=(), extra=""):
-        self.key = key
-        self.ops = {op.name: op for op in ops}
-        self.extra = extra
-
-    def source(self, ctype: str, itype: str) -> str:
-        extra = self.extra.replace("{neg_inf}", _NEG_INF.get(ctype, "0"))
-        return (_PRELUDE.format(T=ctype, I=itype) + _REDUCE + extra
-                + "".join(op.source() for op in self.ops.values()))
-
-
-#: elementwise operations that do not depend on an activation or a cost, plus the row kernels
-BASE = _Group("base", [
-    _Ew("add_bias", outs=("z",), bias=True, body="z += b[col];"),
-    _Ew("axpy", ins=("x",), outs=("y",), scalars=("alpha",), body="y += alpha * x;"),
-    _Ew("scal", outs=("x",), scalars=("alpha",), body="x *= alpha;"),
-    _Ew("copy", ins=("x",), outs=("y",), body="y = x;"),
-    _Ew("diff", ins=("a", "y"), outs=("out",), scalars=("scale",), body="out = scale * (a - y);"),
-    _Ew("sgd", ins=("g",), outs=("w",), scalars=("lr", "wd"), body="w -= lr * (g + wd * w);"),
-    _Ew("sgd_momentum", ins=("g",), outs=("w", "v"), scalars=("lr", "mu", "wd"),
-        body="const T gi = g + wd * w; const T vi = mu * v - lr * gi; v = vi; w += vi;"),
-    _Ew("sgd_nesterov", ins=("g",), outs=("w", "v"), scalars=("lr", "mu", "wd"),
-        body="const T gi = g + wd * w; const T vi = mu * v - lr * gi; v = vi; w += mu * vi - lr * gi;"),
-    _Ew("adam", ins=("g",), outs=("w", "m", "v"), scalars=("step", "eps", "beta1", "beta2", "wd", "keep"),
-        body="const T gi = g + wd * w; "
-             "const T mi = beta1 * m + ((T)1 - beta1) * gi; "
-             "const T vi = beta2 * v + ((T)1 - beta2) * gi * gi; "
-             "m = mi; v = vi; "
-             "w = keep * w - step * mi / (sqrt(vi) + eps);"),
-], extra=_ROWS)
-
-
-def activation_group(act) -> _Group:
-    """The fused kernels of an elementwise activation (from its ``c_activ``/``c_prime``)."""
-    f, fp = act.c_activ, act.c_prime
-    if not (f and fp):
-        raise DensennError(f"activation {act.name!r} has no C expressions (c_activ, c_prime) for the CUDA engine")
-    return _Group(("act", f, fp), [
-        _Ew("bias_activ", outs=("z", "a"), bias=True, scalars=("p",), body=f"z += b[col]; a = ({f});"),
-        _Ew("activ", ins=("z",), outs=("a",), scalars=("p",), body=f"a = ({f});"),
-        _Ew("prime", outs=("z",), scalars=("p",), body=f"z = ({fp});"),
-        _Ew("delta", ins=("a",), outs=("z",), scalars=("p",), body=f"z = ({fp}) * a;"),
-    ])
-
-
-def cost_group(cost) -> _Group:
-    """The kernels of a cost (from its ``c_loss``/``c_grad``): value (a reduction) and gradient."""
-    loss, grad = cost.c_loss, cost.c_grad
-    if not (loss and grad):
-        raise DensennError(f"cost {cost.name!r} has no C expressions (c_loss, c_grad) for the CUDA engine")
-    return _Group(("cost", loss, grad), [
-        _Ew("cost_grad", ins=("a", "y"), outs=("out",), scalars=("eps", "scale"), body=f"out = scale * ({grad});"),
-        # out is a: the same statement with a read and written through one reference
-        _Ew("cost_grad_inplace", ins=("y",), outs=("a",), scalars=("eps", "scale"), body=f"a = scale * ({grad});"),
-    ], extra=_COST_VALUE.replace("LOSS", loss))
-
-
-def count_group(label_ctype: str) -> _Group:
-    return _Group(("count", label_ctype), extra=_COUNT_CORRECT.replace("{L}", label_ctype))
-
-
-def take_group(index_ctype: str) -> _Group:
-    return _Group(("take", index_ctype), extra=_TAKE_ROWS.replace("{IX}", index_ctype))
-
-_MODULES: dict = {}   # (group key, T, I) -> cupy.RawModule (compiled on first use, once per process)
-
-
-def _module(group: _Group, ctype: str, itype: str):
-    key = (group.key, ctype, itype)
-    mod = _MODULES.get(key)
+def _module(source: str):
+    mod = _MODULES.get(source)
     if mod is None:
-        mod = _MODULES[key] = cupy.RawModule(code=group.source(ctype, itype))
+        mod = _MODULES[source] = cupy.RawModule(code=source)
     return mod
+
+
+def sources() -> dict[str, str]:
+    """CUDA's own programs, float and double (the NVRTC test compiles them with the shared ones)."""
+    return {f"sum_rows_{ct}": gpu.prelude("cuda", ct) + SUM_ROWS for ct in ("float", "double")}
 
 
 # =========================================================================================
@@ -563,9 +273,7 @@ class CUDAEngine:
         # alpha and beta live in host memory (CUBLAS_POINTER_MODE_HOST: read during the call)
         self._ab = {dt: np.zeros(2, dt) for dt in _FLOATS}
         self._ab_ptr = {dt: (self._ab[dt].ctypes.data, self._ab[dt].ctypes.data + dt.itemsize) for dt in _FLOATS}
-        self._fns: dict = {}          # (group key, kernel, dtype char, 64-bit index) -> RawKernel
-        self._eks: dict = {}          # (group key, kernel) -> ElementwiseKernel (non-contiguous arrays)
-        self._groups: dict = {}       # activation/cost/label expressions -> _Group
+        self._fns: dict = {}          # (program text, kernel name) -> RawKernel
         self._scratch: dict = {}      # (purpose, dtype) -> device buffer, grown on demand
         self._ones: dict = {}
         self._idx_dev = None          # device int64 buffer for take_rows
@@ -576,31 +284,16 @@ class CUDAEngine:
         self.graph_gemm = bool(graph_gemm)
         self._tf32 = False
         self.set_tf32(_env_flag("DENSENN_TF32") if tf32 is None else bool(tf32))
-        if cupy.cuda.runtime.getDeviceCount() > 1:
-            self._pin_device()
         # one operation at a time: networks may share the engine across threads (a CUDA graph
-        # capture, though, records whatever is launched meanwhile: capture from one thread)
+        # capture, though, records whatever is launched meanwhile: capture from one thread);
+        # with several GPUs, each with this engine's device current (CuPy launches on the
+        # current device; with one GPU there is nothing to switch)
         serialize(self, extra=("set_tf32", "release_all", "pool_used_bytes", "pool_total_bytes", "ones",
-                               "close"))
+                               "close", "capture"),
+                  context=self._device if cupy.cuda.runtime.getDeviceCount() > 1 else None)
 
     def __repr__(self):
         return f"CUDAEngine(device={self.device_id}, tf32={self._tf32}, graph_gemm={self.graph_gemm})"
-
-    def _pin_device(self):
-        # With several GPUs, run every operation with this engine's device current
-        # (CuPy launches on the current device). One GPU: no wrapper, no overhead.
-        dev = self._device
-        for name in ("empty", "zeros", "to_engine", "upload", "to_host", "synchronize", "gemm", "add_bias",
-                     "sum_rows", "axpy", "scal", "copy", "fill", "take_rows", "activ", "bias_activ", "prime",
-                     "delta", "cost_value", "cost_gradient", "diff", "count_correct", "sgd_update",
-                     "adam_update", "pool_used_bytes", "release_all", "capture"):
-            method = getattr(self, name)
-
-            def pinned(*args, _m=method, **kwargs):
-                with dev:
-                    return _m(*args, **kwargs)
-
-            setattr(self, name, pinned)
 
     # -- settings ------------------------------------------------------------------------
     @property
@@ -730,64 +423,21 @@ class CUDAEngine:
         return buf
 
     # -- kernels -------------------------------------------------------------------------------
-    def _fn(self, group: _Group, name: str, ctype: str, big: bool):
-        key = (group.key, name, ctype, big)
+    def _fn(self, source: str, name: str):
+        key = (source, name)
         fn = self._fns.get(key)
         if fn is None:
-            fn = self._fns[key] = _module(group, ctype, "long long" if big else "unsigned int").get_function(name)
+            fn = self._fns[key] = _module(source).get_function(name)
         return fn
 
-    def _ew(self, group: _Group, name: str, ins, outs, scalars=(), bias=None):
-        """Run elementwise operation ``name`` of ``group``: one kernel launch."""
-        self._check(*ins, *outs)
-        first = outs[0]
-        shape, dt = first.shape, first.dtype
-        for x in (*ins, *outs):
-            if x.shape != shape or x.dtype != dt:
-                raise DensennError(f"{name}: arrays must share shape and dtype, got {x.shape} {x.dtype} "
-                                   f"and {shape} {dt}")
-        if dt not in _FLOATS:
-            raise DensennError(f"{name}: needs float32 or float64 arrays, got {dt}")
-        ncol = shape[-1] if shape else 1
-        if bias is not None:
-            self._check(bias)
-            if bias.ndim != 1 or bias.shape[0] != ncol or bias.dtype != dt:
-                raise DensennError(f"{name}: bias must be a vector of {ncol} {dt}, got {bias.shape} {bias.dtype}")
-        n = first.size
-        if n == 0:
-            return first
-        t = dt.type
-        sc = [t(s) for s in scalars]
-        contiguous = all(x._c_contiguous for x in (*ins, *outs)) and (bias is None or bias._c_contiguous)
-        if contiguous:
-            big = n >= _I32_LIMIT
-            it = np.int64 if big else np.uint32
-            args = [it(n), *ins, *outs]
-            if bias is not None:
-                args += [bias, it(ncol)]
-            fn = self._fn(group, name, "float" if dt == _F32 else "double", big)
-            fn((min((n + BLOCK - 1) // BLOCK, self._max_blocks),), (BLOCK,), (*args, *sc))
-        else:
-            key = (group.key, name)
-            ek = self._eks.get(key)
-            if ek is None:
-                ek = self._eks[key] = group.ops[name].elementwise()
-            extra = [bias, np.int64(ncol)] if bias is not None else []
-            ek(*ins, *extra, *sc, *outs)
+    def _launch(self, fn, n: int, args):
+        """One grid-stride kernel over n items."""
+        fn((max(1, min((n + BLOCK - 1) // BLOCK, self._max_blocks)),), (BLOCK,), tuple(args))
         self.launches += 1
-        return first
 
-    def _group(self, key, make):
-        g = self._groups.get(key)
-        if g is None:
-            g = self._groups[key] = make()
-        return g
-
-    def _act(self, act) -> _Group:
-        return self._group(("act", act.c_activ, act.c_prime), lambda: activation_group(act))
-
-    def _cost(self, cost) -> _Group:
-        return self._group(("cost", cost.c_loss, cost.c_grad), lambda: cost_group(cost))
+    def _base(self, dt, name: str, n: int, args):
+        """One of the shared BASE kernels (add_bias, axpy, scal) over n elements."""
+        self._launch(self._fn(gpu.program("cuda", self._ctype(dt)), name), n, args)
 
     @staticmethod
     def _ctype(dt) -> str:
@@ -862,7 +512,12 @@ class CUDAEngine:
         return c
 
     def add_bias(self, z, b):
-        return self._ew(BASE, "add_bias", (), (z,), (), bias=b)
+        self._contiguous("add_bias", z, b)
+        rows, cols = z.shape if z.ndim == 2 else (1, z.size)
+        if b.size != cols or b.dtype != z.dtype:
+            raise DensennError(f"add_bias: b must be {cols} {z.dtype}, got {b.shape} {b.dtype}")
+        self._base(z.dtype, "add_bias", z.size, (z, _I(0), b, _I(0), _I(cols), _I(z.size)))
+        return z
 
     def sum_rows(self, x, out):
         self._check(x, out)
@@ -883,23 +538,36 @@ class CUDAEngine:
                                                    1024))
         chunk = (rows + chunks - 1) // chunks
         chunks = (rows + chunk - 1) // chunk
-        big = rows * ldx >= _I32_LIMIT or chunks * m >= _I32_LIMIT
-        it = np.int64 if big else np.uint32
+        source = gpu.prelude("cuda", ct) + SUM_ROWS
         target = out if chunks == 1 else self._buffer("sum_rows", x.dtype, chunks * m)
-        self._fn(BASE, "sum_rows", ct, big)((col_blocks, chunks), (WARP, 8),
-                                            (x, target, it(rows), it(m), it(ldx), it(chunk)))
+        self._fn(source, "sum_rows_tiled")((col_blocks, chunks), (WARP, 8),
+                                           (x, target, _I(rows), _I(m), _I(ldx), _I(chunk)))
         self.launches += 1
         if chunks > 1:
-            self._fn(BASE, "sum_chunks", ct, big)(((m + BLOCK - 1) // BLOCK,), (BLOCK,),
-                                                  (target, out, it(chunks), it(m)))
+            self._fn(source, "sum_chunks")(((m + BLOCK - 1) // BLOCK,), (BLOCK,), (target, out, _I(chunks), _I(m)))
             self.launches += 1
         return out
 
     def axpy(self, alpha, x, y):
-        return self._ew(BASE, "axpy", (x,), (y,), (alpha,))
+        self._contiguous("axpy", x, y)
+        if x.size != y.size or x.dtype != y.dtype:
+            raise DensennError(f"axpy: x and y must match, got {x.shape} {x.dtype} and {y.shape} {y.dtype}")
+        self._base(y.dtype, "axpy", y.size, (y.dtype.type(alpha), x, _I(0), y, _I(0), _I(y.size)))
+        return y
 
     def scal(self, alpha, x):
-        return self._ew(BASE, "scal", (), (x,), (alpha,))
+        self._contiguous("scal", x)
+        self._base(x.dtype, "scal", x.size, (x.dtype.type(alpha), x, _I(0), _I(x.size)))
+        return x
+
+    def _contiguous(self, op: str, *arrays):
+        self._check(*arrays)
+        for x in arrays:
+            if not x._c_contiguous:
+                raise DensennError(f"{op}: arrays must be C-contiguous (a row view x[a:b] is; a column slice "
+                                   f"is not), got strides {x.strides}")
+            if x.dtype not in _FLOATS:
+                raise DensennError(f"{op}: needs float32 or float64 arrays, got {x.dtype}")
 
     def copy(self, x, y):
         self._check(x, y)
@@ -910,8 +578,6 @@ class CUDAEngine:
                 y.data.copy_from_device_async(x.data, x.nbytes)
                 self.launches += 1
             return y
-        if x.dtype == y.dtype and x.dtype in _FLOATS:
-            return self._ew(BASE, "copy", (x,), (y,))
         cupy.copyto(y, x, casting="unsafe")
         self.launches += 1
         return y
@@ -963,15 +629,10 @@ class CUDAEngine:
                 self._h2d(self._idx_dev[:n], host)
                 self._idx_host = host.copy()
             dev_idx = self._idx_dev[:n]
-        it_c = _CTYPES[dev_idx.dtype.char]
-        group = self._group(("take", it_c), lambda: take_group(it_c))
         m = out.size // n
-        total = out.size
-        big = total >= _I32_LIMIT
-        it = np.int64 if big else np.uint32
-        self._fn(group, "take_rows", ct, big)((min((total + BLOCK - 1) // BLOCK, self._max_blocks),), (BLOCK,),
-                                              (src, dev_idx, out, it(total), it(m), np.int64(src.shape[0])))
-        self.launches += 1
+        source = gpu.program("cuda", "float", take=(ct, _CTYPES[dev_idx.dtype.char]))
+        self._launch(self._fn(source, "take_rows"), out.size,
+                     (src, _I(0), _I(src.shape[0]), dev_idx, _I(0), out, _I(0), _I(m), _I(out.size)))
         return out
 
     def ones(self, n: int, dtype):
@@ -981,169 +642,62 @@ class CUDAEngine:
             self._ones[dt] = cupy.ones(max(n, 1), dtype=dt)
         return self._ones[dt][:n]
 
-    # -- activations -------------------------------------------------------------------------
-    def _softmax_args(self, z, a=None):
-        rows, m, ldz = self._matrix("softmax z", z)
-        if z.dtype not in _FLOATS:
-            raise DensennError(f"softmax needs float32 or float64, got {z.dtype}")
-        lda = ldz
-        if a is not None:
-            ra, ma, lda = self._matrix("softmax a", a, z.dtype)
-            if (ra, ma) != (rows, m):
-                raise DensennError(f"softmax: z and a must have one shape, got {z.shape} and {a.shape}")
-        big = max(rows * ldz, rows * lda) >= _I32_LIMIT
-        grid = ((rows + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK,)
-        return rows, m, ldz, lda, big, grid
+    # -- declared operations (see densenn.kernels.ops) -------------------------------------------
+    def can(self, op) -> bool:
+        """Whether this engine runs ``op`` (every Map and Sum; a RowMap with a C body)."""
+        return gpu.can(op)
 
-    def _row_activation(self, act):
-        if act.name != "softmax":
-            raise DensennError(f"activation {act.name!r} is not elementwise and the CUDA engine has no kernel for it")
+    def _op(self, op, arrays, scalars):
+        """(kernel, arguments, rows, cols) of ``op`` on these arrays, checked."""
+        if not self.can(op):
+            raise DensennError(f"engine {self.name!r} has no kernel for {op.name!r} (it declares no C body)")
+        if len(arrays) != len(op.arrays) or len(scalars) != len(op.scalars):
+            raise DensennError(f"{op.name}: takes arrays ({', '.join(op.array_names)}) and scalars "
+                               f"({', '.join(op.scalars)}), got {len(arrays)} arrays and {len(scalars)} scalars")
+        self._check(*arrays)
+        dt = arrays[0].dtype
+        if dt not in _FLOATS:
+            raise DensennError(f"{op.name}: needs float32 or float64 arrays, got {dt}")
+        args, ltype = [], "int"
+        for (name, role), x in zip(op.arrays, arrays):
+            if not x._c_contiguous:
+                raise DensennError(f"{op.name}: {name} must be C-contiguous, got strides {x.strides}")
+            if role == "index":
+                ltype = _CTYPES.get(x.dtype.char)
+                if x.dtype.kind not in "iu" or ltype is None:
+                    raise DensennError(f"{op.name}: {name} must be integers, got {x.dtype}")
+            elif x.dtype != dt:
+                raise DensennError(f"{op.name}: {name} must be {dt}, got {x.dtype}")
+            args += [x, _I(0)]
+        first = arrays[op.array_names.index(op.writes[0])] if op.writes else arrays[0]
+        rows, cols = (first.shape[0], first.shape[1]) if first.ndim == 2 else (first.size, 1)
+        for (name, role), x in zip(op.arrays, arrays):
+            expected = cols if role == "col" else (rows if role == "index" else first.size)
+            if x.size != expected:
+                raise DensennError(f"{op.name}: {name} must have {expected} elements, got shape {x.shape}")
+        fn = self._fn(gpu.program("cuda", self._ctype(dt), op, ltype=ltype), op.name)
+        return fn, args + [dt.type(v) for v in scalars], rows, cols, first
 
-    def activ(self, act, z, a, work=None):
-        if act.elementwise:
-            return self._ew(self._act(act), "activ", (z,), (a,), (act.param,))
-        self._check(z, a)
-        self._row_activation(act)
-        rows, m, ldz, lda, big, grid = self._softmax_args(z, a)
-        if rows and m:
-            it = np.int64 if big else np.uint32
-            self._fn(BASE, "softmax_fwd", self._ctype(z.dtype), big)(
-                grid, (BLOCK,), (z, z, a, it(rows), it(m), it(ldz), it(lda), np.int32(0)))
-            self.launches += 1
-        return a
+    def map(self, op, arrays, scalars=(), work=None, sums=None):
+        """Run Map or RowMap ``op`` (one kernel; ``work`` is not needed); with ``sums``, also
+        sums = Σ rows of the first written array."""
+        fn, args, rows, cols, first = self._op(op, arrays, scalars)
+        n = rows if isinstance(op, RowMap) else first.size
+        if n and cols:
+            self._launch(fn, n, args + [_I(cols), _I(n)])
+        if sums is not None:
+            self.sum_rows(first, sums)
 
-    def bias_activ(self, act, z, b, a, work=None):
-        if act.elementwise:
-            self._ew(self._act(act), "bias_activ", (), (z, a), (act.param,), bias=b)
-            return a
-        self._check(z, b, a)
-        self._row_activation(act)
-        rows, m, ldz, lda, big, grid = self._softmax_args(z, a)
-        if b.ndim != 1 or b.shape[0] != m or b.dtype != z.dtype or not b._c_contiguous:
-            raise DensennError(f"bias_activ: b must be a contiguous vector of {m} {z.dtype}, got {b.shape} {b.dtype}")
-        if rows and m:
-            it = np.int64 if big else np.uint32
-            self._fn(BASE, "softmax_fwd", self._ctype(z.dtype), big)(
-                grid, (BLOCK,), (z, b, a, it(rows), it(m), it(ldz), it(lda), np.int32(1)))
-            self.launches += 1
-        return a
-
-    def prime(self, act, z, work=None):
-        if act.elementwise:
-            return self._ew(self._act(act), "prime", (), (z,), (act.param,))
-        self._check(z)
-        self._row_activation(act)
-        rows, m, ldz, _, big, grid = self._softmax_args(z)
-        if rows and m:
-            it = np.int64 if big else np.uint32
-            self._fn(BASE, "softmax_prime", self._ctype(z.dtype), big)(grid, (BLOCK,), (z, it(rows), it(m), it(ldz)))
-            self.launches += 1
-        return z
-
-    def _sum_delta(self, z, db):
-        """∇b after a delta pass, when asked for (its own kernel here). Returns z."""
-        if db is not None:
-            self.sum_rows(z, db)
-        return z
-
-    def delta(self, act, z, a, work=None, db=None):
-        if act.elementwise:
-            self._ew(self._act(act), "delta", (a,), (z,), (act.param,))
-            return self._sum_delta(z, db)
-        self._check(z, a)
-        self._row_activation(act)
-        rows, m, ldz, lda, big, grid = self._softmax_args(z, a)
-        if rows and m:
-            it = np.int64 if big else np.uint32
-            self._fn(BASE, "softmax_delta", self._ctype(z.dtype), big)(
-                grid, (BLOCK,), (z, a, it(rows), it(m), it(ldz), it(lda)))
-            self.launches += 1
-        return self._sum_delta(z, db)
-
-    # -- costs and metrics -------------------------------------------------------------------------
-    def _acc(self, acc, dt):
+    def reduce(self, op, arrays, scalars, acc, work=None):
+        """acc[0] += Σ of Sum ``op``'s terms, reduced on the device in one block."""
+        fn, args, rows, cols, first = self._op(op, arrays, scalars)
         self._check(acc)
-        if acc.size < 1 or acc.dtype != dt:
-            raise DensennError(f"acc must be a 1-element {dt} device array, got {acc.shape} {acc.dtype}")
-
-    def _reduce_grid(self, work_items: int, per_thread: int) -> int:
-        if work_items <= BLOCK * per_thread * 16:
-            return 1
-        return min((work_items + BLOCK * per_thread - 1) // (BLOCK * per_thread), 1024)
-
-    def _finish(self, part, blocks, acc, ct):
-        self._fn(BASE, "finish_sum", ct, False)((1,), (BLOCK,), (part, np.uint32(blocks), acc))
-        self.launches += 1
-
-    def cost_value(self, cost, a, y, work, acc):
-        self._check(a, y)
-        dt = a.dtype
-        rows, m, lda = self._matrix("cost_value a", a)
-        ry, my, ldy = self._matrix("cost_value y", y, dt)
-        if (ry, my) != (rows, m) or dt not in _FLOATS:
-            raise DensennError(f"cost_value: a and y must be float arrays of one shape, got {a.shape} {dt} and "
-                               f"{y.shape} {y.dtype}")
-        self._acc(acc, dt)
-        total = rows * m
-        if total == 0:
-            return acc
-        ct = self._ctype(dt)
-        big = max(rows * lda, rows * ldy) >= _I32_LIMIT
-        it = np.int64 if big else np.uint32
-        blocks = self._reduce_grid(total, 8)
-        part = self._buffer("reduce", dt, 1024)
-        self._fn(self._cost(cost), "cost_value", ct, big)(
-            (blocks,), (BLOCK,), (a, y, acc, part, it(rows), it(m), it(lda), it(ldy), dt.type(cost.eps(dt))))
-        self.launches += 1
-        if blocks > 1:
-            self._finish(part, blocks, acc, ct)
+        if acc.size < 1 or acc.dtype != first.dtype or not acc._c_contiguous:
+            raise DensennError(f"acc must be a contiguous {first.dtype} device array, got {acc.shape} {acc.dtype}")
+        if cols and rows:
+            fn((1,), (gpu.GROUP,), tuple(args + [acc, _I(0), _I(cols), _I(rows if op.rows else first.size)]))
+            self.launches += 1
         return acc
-
-    def cost_gradient(self, cost, a, y, out, scale, work):
-        self._check(a, y, out)
-        eps = cost.eps(a.dtype)
-        g = self._cost(cost)
-        if out.data.ptr == a.data.ptr and out.shape == a.shape and out.strides == a.strides:
-            return self._ew(g, "cost_grad_inplace", (y,), (out,), (eps, scale))
-        return self._ew(g, "cost_grad", (a, y), (out,), (eps, scale))
-
-    def diff(self, a, y, out, scale):
-        return self._ew(BASE, "diff", (a, y), (out,), (scale,))
-
-    def count_correct(self, a, labels, work, acc):
-        self._check(a, labels)
-        dt = a.dtype
-        rows, m, lda = self._matrix("count_correct a", a)
-        if labels.ndim != 1 or labels.shape[0] != rows or not labels._c_contiguous:
-            raise DensennError(f"count_correct: labels must be a contiguous vector of {rows}, got {labels.shape}")
-        lt = _CTYPES.get(labels.dtype.char)
-        if lt is None or dt not in _FLOATS:
-            raise DensennError(f"count_correct: unsupported dtypes {dt} and {labels.dtype}")
-        self._acc(acc, dt)
-        if rows == 0 or m == 0:
-            return acc
-        ct = self._ctype(dt)
-        big = rows * lda >= _I32_LIMIT
-        it = np.int64 if big else np.uint32
-        blocks = self._reduce_grid(rows, 2)
-        part = self._buffer("reduce", dt, 1024)
-        group = self._group(("count", lt), lambda: count_group(lt))
-        self._fn(group, "count_correct", ct, big)((blocks,), (BLOCK,),
-                                                   (a, labels, acc, part, it(rows), it(m), it(lda)))
-        self.launches += 1
-        if blocks > 1:
-            self._finish(part, blocks, acc, ct)
-        return acc
-
-    # -- optimizers ---------------------------------------------------------------------------------
-    def sgd_update(self, w, g, v, lr, momentum, nesterov, weight_decay):
-        if v is None:
-            return self._ew(BASE, "sgd", (g,), (w,), (lr, weight_decay))
-        name = "sgd_nesterov" if nesterov else "sgd_momentum"
-        return self._ew(BASE, name, (g,), (w, v), (lr, momentum, weight_decay))
-
-    def adam_update(self, w, g, m, v, step, eps, beta1, beta2, weight_decay, decay, work):
-        return self._ew(BASE, "adam", (g,), (w, m, v), (step, eps, beta1, beta2, weight_decay, 1.0 - decay))
 
     # -- CUDA graphs ------------------------------------------------------------------------------------
     def _graph_blas_handle(self):

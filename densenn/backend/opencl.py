@@ -34,12 +34,13 @@ An engine is not thread-safe: one thread queues its work.
 from __future__ import annotations
 
 import os
-from string import Template
 
 import numpy as np
 
 from densenn.backend.base import serialize
 from densenn.errors import DensennError, EngineUnavailable
+from densenn.kernels import gpu
+from densenn.kernels.ops import RowMap
 
 try:
     import pyopencl as cl
@@ -75,283 +76,6 @@ _CTYPES = {np.dtype(k): v for k, v in {
     np.int64: "long", np.uint64: "ulong", np.bool_: "uchar"}.items()}
 
 GROUP = 256              # work-items per group, capped by what the device allows per kernel
-
-
-# =========================================================================================
-# Kernel sources
-#
-# Conventions: T is the float type (typedef'd per program); an array argument is a
-# pointer plus a ``long`` element offset (``z, z0``); elementwise kernels take the
-# element count ``n`` last and run one work-item per element, the global size rounded
-# up to whole groups (so no work-item may assume it is in range).
-# =========================================================================================
-_PRELUDE = Template("""\
-$pragma
-typedef $T T;
-""")
-
-_FP64_PRAGMA = "#pragma OPENCL EXTENSION cl_khr_fp64 : enable"
-
-_BASE = """
-__kernel void add_bias(__global T *z, const long z0, __global const T *b, const long b0,
-                       const long cols, const long n)
-{
-    const long i = get_global_id(0);
-    if (i >= n) return;
-    z[z0 + i] += b[b0 + i % cols];
-}
-
-/* One work-item per column adds down the rows: deterministic, no atomics. */
-__kernel void sum_rows(__global const T *x, const long x0, __global T *out, const long out0,
-                       const long rows, const long n)
-{
-    const long j = get_global_id(0);
-    if (j >= n) return;
-    T s = (T)0;
-    for (long i = 0; i < rows; ++i) s += x[x0 + i * n + j];
-    out[out0 + j] = s;
-}
-
-__kernel void axpy(const T alpha, __global const T *x, const long x0, __global T *y, const long y0,
-                   const long n)
-{
-    const long i = get_global_id(0);
-    if (i < n) y[y0 + i] += alpha * x[x0 + i];
-}
-
-__kernel void scal(const T alpha, __global T *x, const long x0, const long n)
-{
-    const long i = get_global_id(0);
-    if (i < n) x[x0 + i] *= alpha;
-}
-
-/* out = scale (a - y); out may be a or y. */
-__kernel void diff(__global const T *a, const long a0, __global const T *y, const long y0,
-                   __global T *out, const long out0, const T scale, const long n)
-{
-    const long i = get_global_id(0);
-    if (i < n) out[out0 + i] = (a[a0 + i] - y[y0 + i]) * scale;
-}
-
-/* Plain SGD with L2 weight decay: w -= lr (g + wd w). */
-__kernel void sgd(__global T *w, const long w0, __global const T *g, const long g0,
-                  const T lr, const T wd, const long n)
-{
-    const long i = get_global_id(0);
-    if (i >= n) return;
-    const T wi = w[w0 + i];
-    w[w0 + i] = wi - lr * (g[g0 + i] + wd * wi);
-}
-
-/* SGD with momentum: v = mu v - lr g; w += v, or (Nesterov) w += mu v - lr g. */
-__kernel void sgd_momentum(__global T *w, const long w0, __global const T *g, const long g0,
-                           __global T *v, const long v0, const T lr, const T mu,
-                           const int nesterov, const T wd, const long n)
-{
-    const long i = get_global_id(0);
-    if (i >= n) return;
-    const T wi = w[w0 + i];
-    const T gi = g[g0 + i] + wd * wi;
-    const T vi = mu * v[v0 + i] - lr * gi;
-    v[v0 + i] = vi;
-    w[w0 + i] = nesterov ? wi + (mu * vi - lr * gi) : wi + vi;
-}
-
-/* Adam: step and eps carry the bias correction; keep = 1 - decay is AdamW's decoupled decay. */
-__kernel void adam(__global T *w, const long w0, __global const T *g, const long g0,
-                   __global T *m, const long m0, __global T *v, const long v0,
-                   const T step, const T eps, const T beta1, const T beta2, const T wd, const T keep,
-                   const long n)
-{
-    const long i = get_global_id(0);
-    if (i >= n) return;
-    const T wi = w[w0 + i];
-    const T gi = g[g0 + i] + wd * wi;
-    const T mi = beta1 * m[m0 + i] + ((T)1 - beta1) * gi;
-    const T vi = beta2 * v[v0 + i] + ((T)1 - beta2) * gi * gi;
-    m[m0 + i] = mi;
-    v[v0 + i] = vi;
-    w[w0 + i] = keep * wi - step * mi / (sqrt(vi) + eps);
-}
-"""
-
-#: the tree sum used by the two reductions (the group size is a power of two)
-_GROUP_SUM = """
-T group_sum(T s, __local T *part)
-{
-    const size_t lid = get_local_id(0);
-    part[lid] = s;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (size_t h = get_local_size(0) / 2; h > 0; h >>= 1) {
-        if (lid < h) part[lid] += part[lid + h];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    return part[0];
-}
-"""
-
-#: one elementwise activation, from its C expressions of z (and parameter p)
-_ACTIVATION = Template("""
-T act_f(const T z, const T p) { return $activ; }
-T act_fprime(const T z, const T p) { return $prime; }
-
-__kernel void activ(__global const T *z, const long z0, __global T *a, const long a0,
-                    const T p, const long n)
-{
-    const long i = get_global_id(0);
-    if (i < n) a[a0 + i] = act_f(z[z0 + i], p);
-}
-
-/* The forward step after the GEMM: z += b, a = f(z), one pass over z. */
-__kernel void bias_activ(__global T *z, const long z0, __global const T *b, const long b0,
-                         __global T *a, const long a0, const long cols, const T p, const long n)
-{
-    const long i = get_global_id(0);
-    if (i >= n) return;
-    const T zi = z[z0 + i] + b[b0 + i % cols];
-    z[z0 + i] = zi;
-    a[a0 + i] = act_f(zi, p);
-}
-
-__kernel void prime(__global T *z, const long z0, const T p, const long n)
-{
-    const long i = get_global_id(0);
-    if (i < n) z[z0 + i] = act_fprime(z[z0 + i], p);
-}
-
-/* The backward step: delta = f'(z) * signal, into z. */
-__kernel void delta(__global T *z, const long z0, __global const T *a, const long a0,
-                    const T p, const long n)
-{
-    const long i = get_global_id(0);
-    if (i < n) z[z0 + i] = act_fprime(z[z0 + i], p) * a[a0 + i];
-}
-""")
-
-#: softmax, one work-item per row (sample); n is the number of rows
-_SOFTMAX = """
-/* s = exp(z - max z) / sum exp(z - max z) over one row. s may be z itself: every z[j]
-   is read before s[j] is written. */
-void softmax_row(__global const T *z, __global T *s, const long cols)
-{
-    T m = z[0];
-    for (long j = 1; j < cols; ++j) m = fmax(m, z[j]);
-    T sum = (T)0;
-    for (long j = 0; j < cols; ++j) { const T e = exp(z[j] - m); s[j] = e; sum += e; }
-    for (long j = 0; j < cols; ++j) s[j] /= sum;
-}
-
-__kernel void softmax_activ(__global const T *z, const long z0, __global T *a, const long a0,
-                            const long cols, const long n)
-{
-    const long r = get_global_id(0);
-    if (r < n) softmax_row(z + z0 + r * cols, a + a0 + r * cols, cols);
-}
-
-__kernel void softmax_bias_activ(__global T *z, const long z0, __global const T *b, const long b0,
-                                 __global T *a, const long a0, const long cols, const long n)
-{
-    const long r = get_global_id(0);
-    if (r >= n) return;
-    __global T *zr = z + z0 + r * cols;
-    for (long j = 0; j < cols; ++j) zr[j] += b[b0 + j];
-    softmax_row(zr, a + a0 + r * cols, cols);
-}
-
-/* The diagonal of the Jacobian only, s(1 - s), into z. */
-__kernel void softmax_prime(__global T *z, const long z0, const long cols, const long n)
-{
-    const long r = get_global_id(0);
-    if (r >= n) return;
-    __global T *zr = z + z0 + r * cols;
-    softmax_row(zr, zr, cols);
-    for (long j = 0; j < cols; ++j) zr[j] = zr[j] * ((T)1 - zr[j]);
-}
-
-/* The full Jacobian-vector product: z = s * (g - sum_j s_j g_j), g the signal in a. */
-__kernel void softmax_delta(__global T *z, const long z0, __global const T *a, const long a0,
-                            const long cols, const long n)
-{
-    const long r = get_global_id(0);
-    if (r >= n) return;
-    __global T *zr = z + z0 + r * cols;
-    __global const T *g = a + a0 + r * cols;
-    softmax_row(zr, zr, cols);
-    T dot = (T)0;
-    for (long j = 0; j < cols; ++j) dot += zr[j] * g[j];
-    for (long j = 0; j < cols; ++j) zr[j] = zr[j] * (g[j] - dot);
-}
-"""
-
-#: one cost, from its C expressions of a, y (and the clip constant eps)
-_COST = Template("""
-T loss_term(const T a, const T y, const T eps) { return $loss; }
-T grad_term(const T a, const T y, const T eps) { return $grad; }
-
-/* acc[0] += sum of the loss terms, in a single work-group (batch-sized inputs). */
-__kernel void cost_value(__global const T *a, const long a0, __global const T *y, const long y0,
-                         __global T *acc, const long acc0, const T eps, __local T *part, const long n)
-{
-    T s = (T)0;
-    for (long i = get_local_id(0); i < n; i += get_local_size(0))
-        s += loss_term(a[a0 + i], y[y0 + i], eps);
-    s = group_sum(s, part);
-    if (get_local_id(0) == 0) acc[acc0] += s;
-}
-
-/* out = scale dC/da; out may be a. */
-__kernel void cost_gradient(__global const T *a, const long a0, __global const T *y, const long y0,
-                            __global T *out, const long out0, const T scale, const T eps, const long n)
-{
-    const long i = get_global_id(0);
-    if (i < n) out[out0 + i] = grad_term(a[a0 + i], y[y0 + i], eps) * scale;
-}
-""")
-
-#: accuracy: labels of integer type L; the predicted class is the first argmax of the
-#: row (NaN counts as the maximum, as in NumPy), or a > 0.5 for a single output
-_COUNT = Template("""
-typedef $L L;
-
-__kernel void count_correct(__global const T *a, const long a0, __global const L *labels,
-                            const long l0, __global T *acc, const long acc0, const long cols,
-                            __local T *part, const long n)
-{
-    T s = (T)0;
-    for (long r = get_local_id(0); r < n; r += get_local_size(0)) {
-        __global const T *row = a + a0 + r * cols;
-        long pred = 0;
-        if (cols == 1) {
-            pred = row[0] > (T)0.5 ? 1 : 0;
-        } else {
-            T best = row[0];
-            for (long j = 1; j < cols && !isnan(best); ++j)
-                if (row[j] > best || isnan(row[j])) { best = row[j]; pred = j; }
-        }
-        s += (pred == (long)labels[l0 + r]) ? (T)1 : (T)0;
-    }
-    s = group_sum(s, part);
-    if (get_local_id(0) == 0) acc[acc0] += s;
-}
-""")
-
-#: out = src[idx] (rows), indices clipped into range like numpy.take(mode="clip")
-_TAKE = Template("""
-typedef $S S;
-typedef $I I;
-
-__kernel void take_rows(__global const S *src, const long src0, const long src_rows,
-                        __global const I *idx, const long idx0, __global S *out, const long out0,
-                        const long cols, const long n)
-{
-    const long i = get_global_id(0);
-    if (i >= n) return;
-    const long r = i / cols, j = i - r * cols;
-    long k = (long)idx[idx0 + r];
-    k = k < 0 ? 0 : (k >= src_rows ? src_rows - 1 : k);
-    out[out0 + i] = src[src0 + k * cols + j];
-}
-""")
 
 
 # =========================================================================================
@@ -510,11 +234,6 @@ class _Kernel:
             g = self.group
             self.kernel(queue, ((n + g - 1) // g * g,), (g,), *args, _L(n))
 
-    def one_group(self, queue, itemsize: int, n: int, *args):
-        """One work-group (a reduction into one value), with local scratch of one T per work-item."""
-        g = self.group
-        self.kernel(queue, (g,), (g,), *args, cl.LocalMemory(g * itemsize), _L(n))
-
 
 class OpenCLEngine:
     """PyOpenCL arrays, CLBlast GEMMs, own kernels. See the module docstring.
@@ -547,45 +266,32 @@ class OpenCLEngine:
         return f"OpenCLEngine({self.device_name!r})"
 
     # -- programs ------------------------------------------------------------------------
-    def _build(self, key, source: str, names, what: str, fp64: bool):
-        """Compile ``source`` once and cache its kernels under (key, name)."""
-        pragma = _FP64_PRAGMA if fp64 else ""
+    def _program(self, key, source: str, what: str, names):
+        """Compile ``source`` once (per engine, i.e. per OpenCL context) and cache its kernels."""
         try:
-            program = cl.Program(self.context, _PRELUDE.substitute(pragma=pragma, T=key[1]) + source).build()
+            program = cl.Program(self.context, source).build()
         except cl.Error as exc:
             raise DensennError(f"OpenCL could not compile the kernels for {what} on {self.device_name}: {exc}") from None
         for name in names:
             self._kernels[key + (name,)] = _Kernel(program, name, self.device)
 
-    def _kernel(self, kind: str, dt: np.dtype, name: str, spec=None) -> _Kernel:
-        """The kernel ``name`` of the program ``kind`` for float dtype ``dt`` (and activation/cost/label type)."""
-        ct = _CTYPES[dt]
-        key = (kind, ct, spec)
+    def _kernel(self, dt: np.dtype, name: str, op=None, ltype=None, take=None) -> _Kernel:
+        """Kernel ``name`` for float dtype ``dt``: of the declared ``op``, of the row gather
+        (``take``: the data and index dtypes), or of the engine's own BASE kernels."""
+        key = (_CTYPES[dt], op, ltype, take)
         try:
             return self._kernels[key + (name,)]
         except KeyError:
             pass
-        if kind == "base":
-            self._build(key, _BASE, ("add_bias", "sum_rows", "axpy", "scal", "diff", "sgd",
-                                     "sgd_momentum", "adam"), "the basic operations", dt == _F64)
-        elif kind == "softmax":
-            self._build(key, _SOFTMAX, ("softmax_activ", "softmax_bias_activ", "softmax_prime",
-                                        "softmax_delta"), "softmax", dt == _F64)
-        elif kind == "activation":           # spec: (c_activ, c_prime, name)
-            source = _ACTIVATION.substitute(activ=spec[0], prime=spec[1])
-            self._build(key, source, ("activ", "bias_activ", "prime", "delta"),
-                        f"activation {spec[2]!r}", dt == _F64)
-        elif kind == "cost":                 # spec: (c_loss, c_grad, name)
-            source = _GROUP_SUM + _COST.substitute(loss=spec[0], grad=spec[1])
-            self._build(key, source, ("cost_value", "cost_gradient"), f"cost {spec[2]!r}", dt == _F64)
-        elif kind == "count":                # spec: label dtype
-            source = _GROUP_SUM + _COUNT.substitute(L=_CTYPES[spec])
-            self._build(key, source, ("count_correct",), "count_correct", dt == _F64)
-        elif kind == "take":                 # dt: the data type; spec: index dtype
-            source = _TAKE.substitute(S=ct, I=_CTYPES[spec])
-            self._build(key, source, ("take_rows",), "take_rows", dt == _F64)
+        if take is not None:
+            source = gpu.program("opencl", _CTYPES[dt], take=(_CTYPES[take[0]], _CTYPES[take[1]]))
+            self._program(key, source, "take_rows", ("take_rows",))
+        elif op is not None:
+            source = gpu.program("opencl", _CTYPES[dt], op, ltype=_CTYPES[ltype] if ltype is not None else "int")
+            self._program(key, source, f"operation {op.name!r}", (op.name,))
         else:
-            raise AssertionError(kind)
+            self._program(key, gpu.program("opencl", _CTYPES[dt]), "the basic operations",
+                          ("sum_rows", "add_bias", "axpy", "scal"))
         return self._kernels[key + (name,)]
 
     # -- checks ----------------------------------------------------------------------------
@@ -761,7 +467,7 @@ class OpenCLEngine:
         rows, cols = self._matrix("add_bias", "z", z)
         if b.size != cols:
             raise DensennError(f"add_bias: b must have {cols} elements, got shape {tuple(b.shape)}")
-        self._kernel("base", dt, "add_bias").over(self.queue, z.size, *z_arg, *b_arg, _L(cols))
+        self._kernel(dt, "add_bias").over(self.queue, z.size, *z_arg, *b_arg, _L(cols))
         return z
 
     def sum_rows(self, x, out):
@@ -771,7 +477,7 @@ class OpenCLEngine:
         rows, cols = self._matrix("sum_rows", "x", x)
         if out.size != cols:
             raise DensennError(f"sum_rows: out must have {cols} elements, got shape {tuple(out.shape)}")
-        self._kernel("base", dt, "sum_rows").over(self.queue, cols, *x_arg, *out_arg, _L(rows))
+        self._kernel(dt, "sum_rows").over(self.queue, cols, *x_arg, *out_arg, _L(rows))
         return out
 
     def axpy(self, alpha, x, y):
@@ -779,13 +485,13 @@ class OpenCLEngine:
         dt = self._float("axpy", "x", x)
         y_arg = self._arg("axpy", "y", y, dt)
         self._same_size("axpy", x=x, y=y)
-        self._kernel("base", dt, "axpy").over(self.queue, y.size, dt.type(alpha), *x_arg, *y_arg)
+        self._kernel(dt, "axpy").over(self.queue, y.size, dt.type(alpha), *x_arg, *y_arg)
         return y
 
     def scal(self, alpha, x):
         x_arg = self._arg("scal", "x", x)
         dt = self._float("scal", "x", x)
-        self._kernel("base", dt, "scal").over(self.queue, x.size, dt.type(alpha), *x_arg)
+        self._kernel(dt, "scal").over(self.queue, x.size, dt.type(alpha), *x_arg)
         return x
 
     def copy(self, x, y):
@@ -832,7 +538,7 @@ class OpenCLEngine:
         cols = src.shape[1] if src.ndim == 2 else 1
         if n * cols == 0:
             return out
-        self._kernel("take", src.dtype, "take_rows", idx.dtype).over(
+        self._kernel(_F32, "take_rows", take=(src.dtype, idx.dtype)).over(
             self.queue, n * cols, *src_arg, _L(src.shape[0]), *idx_arg, *out_arg, _L(cols))
         return out
 
@@ -845,152 +551,60 @@ class OpenCLEngine:
             self._idx = cla.empty(self.queue, (max(n, 1024),), np.int32)
         return self._idx[:n]
 
-    # -- activations ----------------------------------------------------------------------------
-    def _act(self, act, op: str, dt: np.dtype) -> _Kernel:
-        if not act.elementwise:
-            if act.name != "softmax":
-                raise DensennError(f"engine 'opencl' has no kernels for the row-wise activation {act.name!r}")
-            return self._kernel("softmax", dt, f"softmax_{op}")
-        if not act.c_activ or not act.c_prime:
-            raise DensennError(f"activation {act.name!r} has no C expressions (c_activ, c_prime) to compile")
-        return self._kernel("activation", dt, op, (act.c_activ, act.c_prime, act.name))
+    # -- declared operations (see densenn.kernels.ops) -------------------------------------
+    def can(self, op) -> bool:
+        """Whether this engine runs ``op`` (every Map and Sum; a RowMap with a C body)."""
+        return gpu.can(op)
 
-    def activ(self, act, z, a, work=None):
-        z_arg = self._arg("activ", "z", z)
-        dt = self._float("activ", "z", z)
-        a_arg = self._arg("activ", "a", a, dt)
-        self._same_size("activ", z=z, a=a)
-        if act.elementwise:
-            self._act(act, "activ", dt).over(self.queue, z.size, *z_arg, *a_arg, dt.type(act.param))
-        else:
-            rows, cols = self._matrix("activ", "z", z)
-            self._act(act, "activ", dt).over(self.queue, rows if cols else 0, *z_arg, *a_arg, _L(cols))
-        return a
+    def _op_args(self, op, arrays, scalars):
+        """The kernel arguments of ``op``'s arrays and scalars, checked; and its float dtype."""
+        if len(arrays) != len(op.arrays) or len(scalars) != len(op.scalars):
+            raise DensennError(f"{op.name}: takes arrays ({', '.join(op.array_names)}) and scalars "
+                               f"({', '.join(op.scalars)}), got {len(arrays)} arrays and {len(scalars)} scalars")
+        dt = self._float(op.name, op.arrays[0][0], arrays[0])
+        args, ltype = [], None
+        for (name, role), x in zip(op.arrays, arrays):
+            if role == "index":
+                args += self._arg(op.name, name, x)
+                if x.dtype.kind not in "iu":
+                    raise DensennError(f"{op.name}: {name} must be integers, got {x.dtype}")
+                ltype = x.dtype
+            else:
+                args += self._arg(op.name, name, x, dt)
+        return args + [dt.type(v) for v in scalars], dt, ltype
 
-    def bias_activ(self, act, z, b, a, work=None):
-        z_arg = self._arg("bias_activ", "z", z)
-        dt = self._float("bias_activ", "z", z)
-        b_arg = self._arg("bias_activ", "b", b, dt)
-        a_arg = self._arg("bias_activ", "a", a, dt)
-        self._same_size("bias_activ", z=z, a=a)
-        rows, cols = self._matrix("bias_activ", "z", z)
-        if b.size != cols:
-            raise DensennError(f"bias_activ: b must have {cols} elements, got shape {tuple(b.shape)}")
-        if act.elementwise:
-            self._act(act, "bias_activ", dt).over(self.queue, z.size, *z_arg, *b_arg, *a_arg, _L(cols),
-                                                  dt.type(act.param))
-        else:
-            self._act(act, "bias_activ", dt).over(self.queue, rows if cols else 0, *z_arg, *b_arg, *a_arg, _L(cols))
-        return a
+    def map(self, op, arrays, scalars=(), work=None, sums=None):
+        """Run Map or RowMap ``op`` (one kernel; ``work`` is not needed); with ``sums``, also
+        sums = Σ rows of the first written array (a second kernel)."""
+        if not self.can(op):
+            raise DensennError(f"engine {self.name!r} has no kernel for {op.name!r} (it declares no C body)")
+        args, dt, ltype = self._op_args(op, arrays, scalars)
+        first = arrays[op.array_names.index(op.writes[0])]
+        rows, cols = (first.shape[0], first.shape[1]) if first.ndim == 2 else (first.size, 1)
+        for (name, role), x in zip(op.arrays, arrays):
+            if role == "col" and x.size != cols:
+                raise DensennError(f"{op.name}: {name} must have {cols} elements (one per column), got shape "
+                                   f"{tuple(x.shape)}")
+            if role == "" and x.size != first.size:
+                self._same_size(op.name, **{op.writes[0]: first, name: x})
+        n = rows if isinstance(op, RowMap) else first.size
+        if cols:
+            self._kernel(dt, op.name, op, ltype).over(self.queue, n, *args, _L(cols))
+        if sums is not None:
+            self.sum_rows(first, sums)
 
-    def prime(self, act, z, work=None):
-        z_arg = self._arg("prime", "z", z)
-        dt = self._float("prime", "z", z)
-        if act.elementwise:
-            self._act(act, "prime", dt).over(self.queue, z.size, *z_arg, dt.type(act.param))
-        else:
-            rows, cols = self._matrix("prime", "z", z)
-            self._act(act, "prime", dt).over(self.queue, rows if cols else 0, *z_arg, _L(cols))
-        return z
-
-    def _sum_delta(self, z, db):
-        """∇b after a delta pass, when asked for (its own kernel here). Returns z."""
-        if db is not None:
-            self.sum_rows(z, db)
-        return z
-
-    def delta(self, act, z, a, work=None, db=None):
-        z_arg = self._arg("delta", "z", z)
-        dt = self._float("delta", "z", z)
-        a_arg = self._arg("delta", "a", a, dt)
-        self._same_size("delta", z=z, a=a)
-        if act.elementwise:
-            self._act(act, "delta", dt).over(self.queue, z.size, *z_arg, *a_arg, dt.type(act.param))
-        else:
-            rows, cols = self._matrix("delta", "z", z)
-            self._act(act, "delta", dt).over(self.queue, rows if cols else 0, *z_arg, *a_arg, _L(cols))
-        return self._sum_delta(z, db)
-
-    # -- costs and metrics ------------------------------------------------------------------------
-    def _cost(self, cost, name: str, dt) -> _Kernel:
-        if not cost.c_loss or not cost.c_grad:
-            raise DensennError(f"cost {cost.name!r} has no C expressions (c_loss, c_grad) to compile")
-        return self._kernel("cost", dt, name, (cost.c_loss, cost.c_grad, cost.name))
-
-    def cost_value(self, cost, a, y, work, acc):
-        """acc[0] += Σ C(a, y), reduced on the device (``work`` is not needed)."""
-        a_arg = self._arg("cost_value", "a", a)
-        dt = self._float("cost_value", "a", a)
-        y_arg = self._arg("cost_value", "y", y, dt)
-        acc_arg = self._acc("cost_value", acc, dt)
-        self._same_size("cost_value", a=a, y=y)
-        self._cost(cost, "cost_value", dt).one_group(self.queue, dt.itemsize, a.size, *a_arg, *y_arg,
-                                                      *acc_arg, dt.type(cost.eps(dt)))
-        return acc
-
-    def cost_gradient(self, cost, a, y, out, scale, work):
-        a_arg = self._arg("cost_gradient", "a", a)
-        dt = self._float("cost_gradient", "a", a)
-        y_arg = self._arg("cost_gradient", "y", y, dt)
-        out_arg = self._arg("cost_gradient", "out", out, dt)
-        self._same_size("cost_gradient", a=a, y=y, out=out)
-        self._cost(cost, "cost_gradient", dt).over(self.queue, a.size, *a_arg, *y_arg, *out_arg,
-                                                   dt.type(scale), dt.type(cost.eps(dt)))
-        return out
-
-    def diff(self, a, y, out, scale):
-        a_arg = self._arg("diff", "a", a)
-        dt = self._float("diff", "a", a)
-        y_arg = self._arg("diff", "y", y, dt)
-        out_arg = self._arg("diff", "out", out, dt)
-        self._same_size("diff", a=a, y=y, out=out)
-        self._kernel("base", dt, "diff").over(self.queue, a.size, *a_arg, *y_arg, *out_arg, dt.type(scale))
-        return out
-
-    def count_correct(self, a, labels, work, acc):
-        """acc[0] += #rows whose prediction equals the label, reduced on the device (``work`` unused)."""
-        a_arg = self._arg("count_correct", "a", a)
-        dt = self._float("count_correct", "a", a)
-        l_arg = self._arg("count_correct", "labels", labels)
-        acc_arg = self._acc("count_correct", acc, dt)
-        rows, cols = self._matrix("count_correct", "a", a)
-        if labels.ndim != 1 or labels.shape[0] != rows or labels.dtype.kind not in "iu":
-            raise DensennError(f"count_correct: labels must be {rows} integers, got {labels.dtype} "
-                               f"{tuple(labels.shape)}")
+    def reduce(self, op, arrays, scalars, acc, work=None):
+        """acc[0] += Σ of Sum ``op``'s terms, reduced on the device in one work-group."""
+        args, dt, ltype = self._op_args(op, arrays, scalars)
+        acc_arg = self._acc(op.name, acc, dt)
+        a = arrays[0]
+        rows, cols = (a.shape[0], a.shape[1]) if a.ndim == 2 else (a.size, 1)
         if cols == 0:
             return acc
-        self._kernel("count", dt, "count_correct", labels.dtype).one_group(
-            self.queue, dt.itemsize, rows, *a_arg, *l_arg, *acc_arg, _L(cols))
+        kernel = self._kernel(dt, op.name, op, ltype)
+        g = min(kernel.group, gpu.GROUP)
+        kernel.kernel(self.queue, (g,), (g,), *args, *acc_arg, _L(cols), _L(rows if op.rows else a.size))
         return acc
-
-    # -- optimizers -------------------------------------------------------------------------------
-    def sgd_update(self, w, g, v, lr, momentum, nesterov, weight_decay):
-        w_arg = self._arg("sgd_update", "w", w)
-        dt = self._float("sgd_update", "w", w)
-        g_arg = self._arg("sgd_update", "g", g, dt)
-        t = dt.type
-        if v is None:
-            self._same_size("sgd_update", w=w, g=g)
-            self._kernel("base", dt, "sgd").over(self.queue, w.size, *w_arg, *g_arg, t(lr), t(weight_decay))
-            return w
-        v_arg = self._arg("sgd_update", "v", v, dt)
-        self._same_size("sgd_update", w=w, g=g, v=v)
-        self._kernel("base", dt, "sgd_momentum").over(self.queue, w.size, *w_arg, *g_arg, *v_arg, t(lr),
-                                                      t(momentum), np.int32(bool(nesterov)), t(weight_decay))
-        return w
-
-    def adam_update(self, w, g, m, v, step, eps, beta1, beta2, weight_decay, decay, work):
-        """One Adam step in one kernel (``work`` is not needed)."""
-        w_arg = self._arg("adam_update", "w", w)
-        dt = self._float("adam_update", "w", w)
-        g_arg = self._arg("adam_update", "g", g, dt)
-        m_arg = self._arg("adam_update", "m", m, dt)
-        v_arg = self._arg("adam_update", "v", v, dt)
-        self._same_size("adam_update", w=w, g=g, m=m, v=v)
-        t = dt.type
-        self._kernel("base", dt, "adam").over(self.queue, w.size, *w_arg, *g_arg, *m_arg, *v_arg, t(step),
-                                              t(eps), t(beta1), t(beta2), t(weight_decay), t(1.0 - decay))
-        return w
 
 
 __all__ = ["OpenCLEngine", "create_engine", "list_devices", "describe", "DeviceList"]
