@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from densenn.config import setting
 from densenn.errors import DensennError, check_float_range, check_matrix, check_positive_int, describe
 
 __all__ = ["Dataset", "load_digits", "read_idx", "parse_idx", "load_mnist", "download_mnist",
@@ -79,7 +80,7 @@ class Dataset:
     n_classes: int
     name: str
     feature_names: tuple | None = None
-    standardizer: "Standardizer | None" = None
+    standardizer: Standardizer | None = None
 
     def __post_init__(self):
         for part in ("train", "test"):
@@ -152,7 +153,8 @@ class Standardizer:
     def __init__(self, mean=None, std=None):
         if (mean is None) != (std is None):
             raise DensennError("Standardizer needs both mean and std, or neither")
-        self.mean = self.std = None
+        self.mean: np.ndarray | None = None
+        self.std: np.ndarray | None = None
         if mean is not None:
             self.mean = self._vector("mean", mean)
             self.std = self._vector("std", std, length=self.mean.shape[0])
@@ -176,7 +178,7 @@ class Standardizer:
     def fitted(self) -> bool:
         return self.mean is not None
 
-    def fit(self, x) -> "Standardizer":
+    def fit(self, x) -> Standardizer:
         """Take mean and std per feature (column) of ``x``."""
         x = check_matrix("x", x)
         self.mean = x.mean(axis=0, dtype=np.float64)
@@ -187,37 +189,42 @@ class Standardizer:
         self.std = np.where(constant, 1.0, std)
         return self
 
-    def _check(self, x) -> np.ndarray:
-        if not self.fitted:
-            raise DensennError("Standardizer is not fitted: call fit(x_train) first")
-        return check_matrix("x", x, n_features=self.mean.shape[0])
+    def _stats(self, why: str) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std); DensennError ending in ``why`` when not fitted."""
+        if self.mean is None or self.std is None:
+            raise DensennError(f"Standardizer is not fitted: {why}")
+        return self.mean, self.std
+
+    def _check(self, x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x checked, mean, std)."""
+        mean, std = self._stats("call fit(x_train) first")
+        return check_matrix("x", x, n_features=mean.shape[0]), mean, std
 
     def transform(self, x, dtype=np.float32) -> np.ndarray:
         """``(x - mean) / std`` as ``dtype``."""
-        x = self._check(x)
-        return ((x - self.mean) / self.std).astype(dtype)
+        x, mean, std = self._check(x)
+        return ((x - mean) / std).astype(dtype)
 
     def fit_transform(self, x, dtype=np.float32) -> np.ndarray:
         return self.fit(x).transform(x, dtype)
 
     def inverse_transform(self, x, dtype=np.float32) -> np.ndarray:
         """``x * std + mean``: back to the original scale."""
-        x = self._check(x)
-        return (x * self.std + self.mean).astype(dtype)
+        x, mean, std = self._check(x)
+        return (x * std + mean).astype(dtype)
 
     def to_dict(self) -> dict:
-        if not self.fitted:
-            raise DensennError("Standardizer is not fitted: nothing to save")
-        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        mean, std = self._stats("nothing to save")
+        return {"mean": mean.tolist(), "std": std.tolist()}
 
     @classmethod
-    def from_dict(cls, d) -> "Standardizer":
+    def from_dict(cls, d) -> Standardizer:
         if not isinstance(d, dict) or "mean" not in d or "std" not in d:
             raise DensennError(f"standardizer dict must have keys 'mean' and 'std', got {describe(d)}")
         return cls(d["mean"], d["std"])
 
     def __repr__(self):
-        return f"Standardizer({self.mean.shape[0]} features)" if self.fitted else "Standardizer(not fitted)"
+        return f"Standardizer({self.mean.shape[0]} features)" if self.mean is not None else "Standardizer(not fitted)"
 
 
 def one_hot(y, n_classes: int | None = None, dtype=np.float32) -> np.ndarray:
@@ -383,8 +390,7 @@ MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 
 def default_cache_dir() -> Path:
     """Where MNIST is cached: ``$DENSENN_DATA/mnist``, or ``~/.cache/densenn/mnist``."""
-    root = os.environ.get("DENSENN_DATA")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "densenn") / "mnist"
+    return Path(setting("DENSENN_DATA")).expanduser() / "mnist"
 
 
 def _find(folder: Path, stem: str) -> Path:

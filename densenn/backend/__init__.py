@@ -10,9 +10,9 @@ to install.
 from __future__ import annotations
 
 import importlib
-import os
 import threading
 
+from densenn.config import setting
 from densenn.backend.base import Engine, check_dtype
 from densenn.backend.cpu import CPUEngine
 from densenn.errors import DensennError, DensennException, EngineUnavailable
@@ -71,7 +71,7 @@ def get_engine(name=None) -> Engine:
 
 
 def default_engine_name() -> str:
-    return _default or os.environ.get("DENSENN_ENGINE", "cpu")
+    return _default or setting("DENSENN_ENGINE")
 
 
 def set_default_engine(name: str) -> Engine:

@@ -8,7 +8,6 @@ returns a copy and leaves ``c`` alone, so every call checks that it got ``c`` ba
 """
 from __future__ import annotations
 
-import os
 import threading
 
 import numpy as np
@@ -16,6 +15,7 @@ from scipy.linalg import blas
 
 from densenn.backend import cpu_fused, cpu_mkl, cpu_threads
 from densenn.backend.cpu_fused import map_kernel, row_kernel
+from densenn.config import setting
 from densenn.errors import DensennError, check_positive_int
 from densenn.kernels.ops import RowMap
 
@@ -79,7 +79,7 @@ class CPUEngine:
 
     def __init__(self, fused: bool | None = None, blas: str | None = None, threads: int | None = None):
         if fused is None:
-            fused = cpu_fused.AVAILABLE and os.environ.get("DENSENN_NUMBA", "1") != "0"
+            fused = cpu_fused.AVAILABLE and setting("DENSENN_NUMBA")
         if fused and not cpu_fused.AVAILABLE:
             raise DensennError("the fused CPU kernels need Numba: pip install numba")
         self.fused = bool(fused)
@@ -96,13 +96,9 @@ class CPUEngine:
     def set_threads(self, threads: int | None = None) -> None:
         """Split large elementwise passes into ``threads`` row blocks (None: ``$DENSENN_THREADS``,
         else every usable core; 1 keeps them on the calling thread)."""
-        name = "threads"
         if threads is None:
-            name, env = "$DENSENN_THREADS", os.environ.get("DENSENN_THREADS", "").strip()
-            if env and not env.isdigit():
-                raise DensennError(f"$DENSENN_THREADS must be a positive integer, got {env!r}")
-            threads = int(env) if env else cpu_threads.usable_cores()
-        self._blocks = cpu_threads.RowBlocks(check_positive_int(name, threads))
+            threads = setting("DENSENN_THREADS") or cpu_threads.usable_cores()
+        self._blocks = cpu_threads.RowBlocks(check_positive_int("threads", threads))
 
     @property
     def threads(self) -> int:

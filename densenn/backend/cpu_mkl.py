@@ -26,6 +26,7 @@ import sys
 
 import numpy as np
 
+from densenn.config import setting
 from densenn.errors import DensennError
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
@@ -257,7 +258,7 @@ def load() -> MKLGemm | None:
 def choose(blas: str | None) -> MKLGemm | None:
     """The GEMM for ``blas`` (None: ``$DENSENN_BLAS`` or ``auto``): MKL's, or None for SciPy's."""
     if blas is None:
-        blas = os.environ.get("DENSENN_BLAS", "auto") or "auto"
+        blas = setting("DENSENN_BLAS")
     blas = str(blas).strip().lower()
     if blas not in BLAS_CHOICES:
         raise DensennError(f"blas (or $DENSENN_BLAS) must be one of {', '.join(BLAS_CHOICES)}, got {blas!r}")

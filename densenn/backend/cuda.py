@@ -40,10 +40,10 @@ when the engine cannot run here, and :func:`describe` says so without raising.
 from __future__ import annotations
 
 import importlib
-import os
 
 import numpy as np
 
+from densenn.config import setting
 from densenn.backend.base import serialize
 from densenn.errors import DensennError, EngineUnavailable
 from densenn.kernels import gpu
@@ -75,7 +75,7 @@ CUBLAS_DEFAULT_MATH, CUBLAS_TF32_TENSOR_OP_MATH = 0, 3   # cublasMath_t (cublas_
 
 
 def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+    return bool(setting(name))
 
 
 # =========================================================================================

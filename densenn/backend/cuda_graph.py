@@ -34,11 +34,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import importlib
-import os
 import re
 
 import numpy as np
 
+from densenn.config import setting
 from densenn.errors import DensennError
 
 _STATUS = {0: "CUBLAS_STATUS_SUCCESS", 1: "CUBLAS_STATUS_NOT_INITIALIZED", 3: "CUBLAS_STATUS_ALLOC_FAILED",
@@ -130,7 +130,7 @@ class CtypesCublas:
         self._cupy = cupy
         self.lib = load_libcublas()
         if workspace_mb is None:
-            workspace_mb = float(os.environ.get("DENSENN_CUBLAS_WORKSPACE_MB", DEFAULT_WORKSPACE_MB))
+            workspace_mb = setting("DENSENN_CUBLAS_WORKSPACE_MB")
         self.handle = ctypes.c_void_p()
         with cupy.cuda.Device(engine.device_id):
             _check(self.lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate_v2")

@@ -33,10 +33,10 @@ An engine is not thread-safe: one thread queues its work.
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
+from densenn.config import setting
 from densenn.backend.base import serialize
 from densenn.errors import DensennError, EngineUnavailable
 from densenn.kernels import gpu
@@ -205,7 +205,7 @@ def create_engine(arg: str = "") -> "OpenCLEngine":
     if arg:
         device = _pick_device(arg, f"engine 'opencl:{arg}'")
     else:
-        env = os.environ.get(DEVICE_ENV, "").strip()
+        env = setting(DEVICE_ENV) or ""
         device = _pick_device(env, f"${DEVICE_ENV}") if env else _pick_device("", "")
     return OpenCLEngine(device)
 
