@@ -7,20 +7,25 @@
 1. the device (``densenn.backend.cuda.describe()``);
 2. tests: ``pytest tests/test_engine_contract.py -k cuda`` (if that file exists) and any
    ``tests/*cuda*.py``;
-3. an engine self-check: every protocol operation against the CPU engine in float64 on
-   fresh random data (outputs poisoned with NaN first), the non-contiguous fallbacks,
-   and a CUDA-graph replay against the eager run;
+3. an engine self-check against the CPU engine in float64 on fresh random data: the
+   protocol's array operations called directly (outputs poisoned with NaN first) and their
+   non-contiguous fallbacks; activations, costs, accuracy counts and optimizers through the
+   same ``densenn.Network`` on both engines (``predict``, ``evaluate``, ``gradients``,
+   ``fit``), and the seed's step; later, in (2), a CUDA-graph replay of
+   ``TrainingNetwork.step`` against the eager run;
 4. benchmarks, each checked against a float64 reference before it is timed
    (‖out − ref‖/‖ref‖ < 1e-3 in float32, < 1e-2 in TF32):
-   (1) the seed's micro-benchmark, one full training step of x 10000×10000 through
-       10000→5000 tanh →1000 sigmoid →10 sigmoid (forward, ∇w, ∇b, signals), float32 and TF32;
+   (1) the seed's micro-benchmark (``densenn.seedbench``), one full training step of x
+       10000×10000 through 10000→5000 tanh →1000 sigmoid →10 sigmoid (forward; backward with
+       the last layer's output as its signal: δ, ∇w, ∇b, signals), float32 and TF32;
    (2) MLP 784-1024-1024-10 ReLU/softmax, batch 128, SGD step: wall time per step in a
        Python loop, densenn eager, densenn CUDA-graph replay, PyTorch eager (and PyTorch
        graph replay), with kernel launches per step;
    (3) extra GPU memory of the seed step over parameters + input;
    (4) one MNIST epoch (784-256-128-10, Adam 1e-3, batch 128) through densenn.Network.fit.
 
-The densenn side of (1)–(3) is built from engine calls directly. Timings: warm-up, then the
+The densenn side is the library's own: (1) and (3) ``densenn.seedbench.SeedBench``, (2)
+``Network`` + ``TrainingNetwork.step`` as ``fit`` runs it, (4) ``Network.fit``. Timings: warm-up, then the
 median of repeats, timed with CUDA events (or a host clock after a synchronize). The table at
 the end compares with PyTorch and with the targets of PERFORMANCE.md; with ``$OUT`` set, it is
 also written to ``$OUT/gpu_check.json``. Exit status: 0 when every correctness check passed,
@@ -46,6 +51,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from densenn import seedbench  # noqa: E402  (after the path: the checkout's densenn)
+from densenn.network import Dense, Network  # noqa: E402
+from densenn.optimizer import SGD, Adam  # noqa: E402
 
 TARGETS = {  # PERFORMANCE.md (H100): ratio targets vs PyTorch, or absolute
     "seed_fp32": "≤ 1.03 × PyTorch",
@@ -124,11 +133,20 @@ def run_tests():
 # engine self-check against the CPU engine in float64
 # =========================================================================================
 def self_check(e, cupy):
+    """The CUDA engine against the CPU engine (NumPy kernels) in float64, on fresh random data.
+
+    The protocol's array operations (gemm, sum_rows, add_bias, axpy, scal, copy, take_rows,
+    their non-contiguous forms) are called directly, outputs poisoned with NaN first. The
+    arithmetic that activations, costs, metrics and optimizers declare is checked through
+    the network that runs it: the same ``densenn.Network`` (same weights) on both engines,
+    its ``predict``, ``evaluate``, ``gradients`` and ``fit`` (TrainingNetwork's step, the
+    fused softmax + cross-entropy output included), and the seed's step (``densenn.seedbench``).
+    """
     from densenn.activation import ACTIVATIONS, ELU, LeakyReLU
     from densenn.backend.cpu import CPUEngine
-    from densenn.cost import COSTS
 
-    log("== engine self-check (vs the CPU engine in float64, outputs poisoned with NaN)")
+    log("== engine self-check (vs the CPU engine in float64; array operations with outputs poisoned with NaN, "
+        "the rest through densenn.Network on both engines)")
     cpu = CPUEngine(fused=False)
     rng = np.random.default_rng(1234)
     worst = {}
@@ -150,138 +168,77 @@ def self_check(e, cupy):
 
     for dt in (np.float32, np.float64):
         f64 = np.float64
-        # gemm: all transposes, row views, beta != 0
-        for (m, n, k) in [(37, 53, 29), (1, 7, 300), (128, 1024, 784), (5, 1, 1)]:
-            for ta in (False, True):
-                for tb in (False, True):
-                    ah = rng.standard_normal((k, m) if ta else (m, k)).astype(dt)
-                    bh = rng.standard_normal((n, k) if tb else (k, n)).astype(dt)
-                    ch = rng.standard_normal((m, n)).astype(dt)
-                    cbig = dev(np.vstack([ch, np.zeros((3, n), dt)]))
-                    e.gemm(0.75, dev(ah), dev(bh), 0.5, cbig[:m], trans_a=ta, trans_b=tb)
-                    ref = 0.75 * (ah.T if ta else ah).astype(f64) @ (bh.T if tb else bh).astype(f64) + 0.5 * ch
-                    got = e.to_host(cbig)
-                    note("gemm", got[:m], ref, dt)
-                    if np.any(got[m:] != 0):
-                        FAILURES.append("gemm wrote past its [:m] view")
-        # elementwise activations, softmax, views
+        array_operations(e, rng, dt, note, dev, poisoned)
+        # -- through the network: activations (forward: bias + activation; backward: the
+        # derivative times the signal), on several widths and batch sizes
         acts = [cls() for cls in ACTIVATIONS.values()] + [LeakyReLU(0.2), ELU(0.5)]
         for act in acts:
-            for (r, c) in [(128, 10), (300, 37), (7, 1), (64, 1000)]:
-                z = (rng.standard_normal((r, c)) * 2).astype(dt)
-                b = rng.standard_normal(c).astype(dt)
-                g = rng.standard_normal((r, c)).astype(dt)
-                work = np.empty((r, 1) if act.work_kind == "row" else (r, c), f64)
-                Z, A = dev(z), poisoned((r, c), dt)
-                e.bias_activ(act, Z, dev(b), A)
-                zc, ac = z.astype(f64), np.zeros((r, c))
-                cpu.bias_activ(act, zc, b.astype(f64), ac, work)
-                note(f"bias_activ {act.name}", e.to_host(A), ac, dt)
-                note(f"bias_activ {act.name} z", e.to_host(Z), zc, dt)
-                A = poisoned((r, c), dt)
-                e.activ(act, dev(z), A)
-                ac = np.zeros((r, c)); cpu.activ(act, z.astype(f64), ac, work)
-                note(f"activ {act.name}", e.to_host(A), ac, dt)
-                Z = dev(z); e.prime(act, Z)
-                zc = z.astype(f64); cpu.prime(act, zc, work)
-                note(f"prime {act.name}", e.to_host(Z), zc, dt)
-                Z = dev(z); e.delta(act, Z, dev(g))
-                zc = z.astype(f64); cpu.delta(act, zc, g.astype(f64), work)
-                note(f"delta {act.name}", e.to_host(Z), zc, dt)
-        # sum_rows (one pass and two), add_bias, axpy, scal, diff, copy
-        for (r, c) in [(128, 1024), (10000, 1000), (3000, 10), (513, 1)]:
-            x = rng.standard_normal((r, c)).astype(dt)
-            out = poisoned((c,), dt)
-            e.sum_rows(dev(x), out)
-            note("sum_rows", e.to_host(out), x.astype(f64).sum(axis=0), dt)
-        x = rng.standard_normal((50, 33)).astype(dt); y = rng.standard_normal((50, 33)).astype(dt)
-        b = rng.standard_normal(33).astype(dt)
-        Z = dev(x); e.add_bias(Z, dev(b)); note("add_bias", e.to_host(Z), x.astype(f64) + b, dt)
-        Y = dev(y); e.axpy(-0.3, dev(x), Y); note("axpy", e.to_host(Y), y.astype(f64) - 0.3 * x, dt)
-        X = dev(x); e.scal(1.7, X); note("scal", e.to_host(X), 1.7 * x.astype(f64), dt)
-        O = poisoned((50, 33), dt); e.diff(dev(x), dev(y), O, 0.125)
-        note("diff", e.to_host(O), 0.125 * (x.astype(f64) - y), dt)
-        O = poisoned((50, 33), dt); e.copy(dev(x), O); note("copy", e.to_host(O), x, dt)
-        # non-contiguous arrays: the ElementwiseKernel fallback
-        big = dev(np.hstack([x, y]))
-        e.add_bias(big[:, :33], dev(b))
-        note("add_bias non-contiguous", e.to_host(big), np.hstack([x.astype(f64) + b, y]), dt)
-        big = dev(np.hstack([x, y]))
-        e.axpy(2.0, dev(y), big[:, 33:])
-        note("axpy non-contiguous", e.to_host(big), np.hstack([x, 3.0 * y.astype(f64)]), dt)
-        # take_rows (floats and int32 labels; clipped indices; one upload for both)
-        src = rng.standard_normal((1000, 784)).astype(dt)
-        lab = rng.integers(0, 10, 1000).astype(np.int32)
-        S, L = dev(src), dev(lab)
-        idx = rng.permutation(1000)[:128]
-        idx[3], idx[5] = -4, 5000
-        O, OL = poisoned((128, 784), dt), e.zeros((128,), np.int32)
-        up = e.uploads
-        e.take_rows(S, idx, O)
-        e.take_rows(L, idx, OL)
-        note("take_rows", e.to_host(O), np.take(src, idx, axis=0, mode="clip"), dt)
-        if not (e.to_host(OL) == np.take(lab, idx, mode="clip")).all():
-            FAILURES.append("take_rows of int32 labels differs from numpy.take(mode='clip')")
-        if e.uploads - up != 1:
-            FAILURES.append(f"take_rows uploaded the same indices {e.uploads - up} times (expected once)")
-        # indices already on the device (what the training loop does: one upload, three gathers)
-        I32 = e.zeros((128,), np.int32)
-        e.upload(idx.astype(np.int32), I32)
-        O = poisoned((128, 784), dt)
-        e.take_rows(S, I32, O)
-        note("take_rows device int32 indices", e.to_host(O), np.take(src, idx, axis=0, mode="clip"), dt)
-        e.take_rows(S, I32[:50], O[:50])
-        note("take_rows device indices [:50]", e.to_host(O[:50]), np.take(src, idx[:50], axis=0, mode="clip"), dt)
-        # costs: value (one block and several) and gradient (separate out and in place)
-        for name in ("quadratic", "crossentropy", "binary_crossentropy", "mae"):
-            cost = COSTS[name]()
-            for (r, c) in [(128, 10), (20000, 10)]:
-                a = rng.uniform(0.02, 0.98, (r, c)).astype(dt)
-                if name == "crossentropy":
-                    a /= a.sum(axis=1, keepdims=True)
-                    y = np.eye(c, dtype=dt)[rng.integers(0, c, r)]
-                elif name == "binary_crossentropy":
-                    y = rng.integers(0, 2, (r, c)).astype(dt)
+            for (r, c) in [(300, 37), (7, 1), (64, 1000)]:
+                x = (rng.standard_normal((r, 33)) * 2).astype(dt)
+                labels = rng.integers(0, 10, r)
+                net, ref = twin_networks(e, cpu, 33, [Dense(c, act), Dense(10, "softmax")], dt, rng)
+                note(f"forward {act.name}", net.predict(x), ref.predict(x.astype(f64)), dt)
+                note(f"gradients {act.name}", flat(net.gradients(x, labels, "crossentropy")),
+                     flat(ref.gradients(x.astype(f64), labels, "crossentropy")), dt)
+                net.release()
+                ref.release()
+        # -- costs: value (one block and several), gradient (fused with its partner output or
+        # not); evaluate's batch_size sets the rows of one reduction
+        for cost, out_act in [("quadratic", "linear"), ("quadratic", "sigmoid"), ("crossentropy", "softmax"),
+                              ("binary_crossentropy", "sigmoid"), ("mae", "linear")]:
+            net, ref = twin_networks(e, cpu, 33, [Dense(48, "tanh"), Dense(10, out_act)], dt, rng)
+            for r in (128, 20000):
+                x = rng.standard_normal((r, 33)).astype(dt)
+                if cost == "crossentropy":
+                    y = rng.integers(0, 10, r)                    # class labels: also counts the correct
+                elif cost == "binary_crossentropy":
+                    y = rng.integers(0, 2, (r, 10)).astype(dt)
                 else:
-                    y = rng.standard_normal((r, c)).astype(dt)
-                acc = dev(np.array([0.25, 0.0], dt))
-                e.cost_value(cost, dev(a), dev(y), e.empty((r, c), dt), acc[0:1])
-                ref = 0.25 + cpu.cost_value(cost, a.astype(f64), y.astype(f64), np.zeros((r, c)), np.zeros(1))[0]
-                note(f"cost_value {name} {r}x{c}", e.to_host(acc)[0], ref, dt)
-                O = poisoned((r, c), dt)
-                e.cost_gradient(cost, dev(a), dev(y), O, 1.0 / r, None)
-                wo = np.zeros((r, c)); cpu.cost_gradient(cost, a.astype(f64), y.astype(f64), wo, 1.0 / r,
-                                                         np.zeros((r, c)))
-                note(f"cost_gradient {name}", e.to_host(O), wo, dt)
-                A = dev(a); e.cost_gradient(cost, A, dev(y), A, 1.0 / r, None)
-                note(f"cost_gradient in place {name}", e.to_host(A), wo, dt)
-        # count_correct (argmax with ties; one output; several blocks)
-        for (r, c) in [(128, 10), (60000, 10), (300, 1)]:
-            a = rng.standard_normal((r, c)).astype(dt) if c > 1 else rng.uniform(0, 1, (r, 1)).astype(dt)
-            a[:5] = a[0, 0]
-            lab = rng.integers(0, max(c, 2), r).astype(np.int32)
-            acc = dev(np.array([0.0, 3.0], dt))
-            e.count_correct(dev(a), dev(lab), e.empty((r,), np.int32), acc[1:2])
-            ref = np.zeros(1); cpu.count_correct(a, lab, np.zeros(r, np.int32), ref)
-            note(f"count_correct {r}x{c}", e.to_host(acc)[1], 3.0 + ref[0], dt)
-        # optimizers
-        w, g = rng.standard_normal((64, 33)).astype(dt), rng.standard_normal((64, 33)).astype(dt)
-        v, m_ = 0.1 * rng.standard_normal((64, 33)).astype(dt), 0.1 * rng.standard_normal((64, 33)).astype(dt)
-        vv = np.abs(v)
-        for mom, nest, wd in [(0.0, False, 0.0), (0.0, False, 1e-2), (0.9, False, 1e-3), (0.9, True, 0.0)]:
-            W, V = dev(w), (dev(v) if mom else None)
-            e.sgd_update(W, dev(g), V, 0.05, mom, nest, wd)
-            wc, vc = w.astype(f64), (v.astype(f64) if mom else None)
-            cpu.sgd_update(wc, g.astype(f64), vc, 0.05, mom, nest, wd)
-            note(f"sgd momentum={mom} nesterov={nest} wd={wd}", e.to_host(W), wc, dt)
-        for wd, decay in [(0.0, 0.0), (1e-2, 0.0), (0.0, 1e-3)]:
-            W, M, V = dev(w), dev(m_), dev(vv)
-            e.adam_update(W, dev(g), M, V, 1e-3, 1e-8, 0.9, 0.999, wd, decay, None)
-            wc, mc, vc = w.astype(f64), m_.astype(f64), vv.astype(f64)
-            cpu.adam_update(wc, g.astype(f64), mc, vc, 1e-3, 1e-8, 0.9, 0.999, wd, decay, np.zeros((64, 33)))
-            note(f"adam wd={wd} decay={decay} w", e.to_host(W), wc, dt)
-            note(f"adam wd={wd} decay={decay} m,v", np.concatenate([e.to_host(M).ravel(), e.to_host(V).ravel()]),
-                 np.concatenate([mc.ravel(), vc.ravel()]), dt)
+                    y = rng.standard_normal((r, 10)).astype(dt)
+                got, want = net.evaluate(x, y, cost, batch_size=r), ref.evaluate(x.astype(f64), y, cost, batch_size=r)
+                note(f"evaluate loss {cost} ({out_act}) {r} rows", got["loss"], want["loss"], dt)
+                if r == 128:
+                    note(f"gradients {cost} ({out_act})", flat(net.gradients(x, y, cost)),
+                         flat(ref.gradients(x.astype(f64), y, cost)), dt)
+            net.release()
+            ref.release()
+        # accuracy counted on the engine (several blocks; one output; ties: zero weights give every
+        # class the same output) against the classes predict_classes gives from the same outputs
+        # (float32 and float64 outputs may order a near-tie differently, so not the CPU's)
+        for (r, c) in [(60000, 10), (300, 1)]:
+            for tied in (False, True):
+                net, ref = twin_networks(e, cpu, 8, [Dense(c, "sigmoid" if c == 1 else "softmax")], dt, rng)
+                if tied:
+                    net.set_weights([(np.zeros_like(w), np.zeros_like(b)) for w, b in net.get_weights()])
+                x = rng.standard_normal((r, 8)).astype(dt)
+                labels = rng.integers(0, max(c, 2), r)
+                got = net.evaluate(x, labels, batch_size=r)["accuracy"]
+                want = float(np.mean(net.predict_classes(x, batch_size=r) == labels))
+                note(f"evaluate accuracy {r}x{c}{' (all tied)' if tied else ''}", got, want, dt)
+                net.release()
+                ref.release()
+        # -- optimizers: two epochs of fit (9 steps, the last batch partial) on both engines
+        for name, make in [("sgd", lambda: SGD(0.05)), ("sgd wd=1e-2", lambda: SGD(0.05, weight_decay=1e-2)),
+                           ("momentum wd=1e-3", lambda: SGD(0.05, momentum=0.9, weight_decay=1e-3)),
+                           ("nesterov", lambda: SGD(0.05, momentum=0.9, nesterov=True)),
+                           ("adam", lambda: Adam(1e-3)), ("adam wd=1e-2", lambda: Adam(1e-3, weight_decay=1e-2)),
+                           ("adamw 1e-3", lambda: Adam(1e-3, weight_decay=1e-3, decoupled=True))]:
+            net, ref = twin_networks(e, cpu, 33, [Dense(64, "relu"), Dense(10, "softmax")], dt, rng)
+            x = rng.standard_normal((150, 33)).astype(dt)
+            labels = rng.integers(0, 10, 150)
+            net.fit(x, labels, epochs=2, batch_size=32, optimizer=make(), progress=False)
+            ref.fit(x.astype(f64), labels, epochs=2, batch_size=32, optimizer=make(), progress=False)
+            note(f"fit {name}: weights after 2 epochs", flat(net.get_weights()), flat(ref.get_weights()), dt)
+            net.release()
+            ref.release()
+        # -- the seed's step (densenn.seedbench): output and ∇w, ∇b of the three layers
+        with seedbench.SeedBench(200, e, dt) as s, seedbench.SeedBench(200, cpu, "float64") as s_ref:
+            s.forward()
+            s_ref.forward()
+            note("seed forward", s.output(), s_ref.output(), dt)
+            s.step()
+            s_ref.step()
+            note("seed step gradients", flat(s.gradients()), flat(s_ref.gradients()), dt)
     # numpy arrays are refused
     try:
         e.axpy(1.0, np.ones(3, np.float32), e.zeros((3,), np.float32))
@@ -297,68 +254,91 @@ def self_check(e, cupy):
                               "ok": not bad})
 
 
-# =========================================================================================
-# a network built from engine calls only
-# =========================================================================================
-class EngineNet:
-    """Forward and backward of a dense network written with engine calls only (the seed's loop)."""
+def array_operations(e, rng, dt, note, dev, poisoned):
+    """The protocol's array operations called directly, against NumPy in float64."""
+    f64 = np.float64
+    # gemm: all transposes, row views, beta != 0
+    for (m, n, k) in [(37, 53, 29), (1, 7, 300), (128, 1024, 784), (5, 1, 1)]:
+        for ta in (False, True):
+            for tb in (False, True):
+                ah = rng.standard_normal((k, m) if ta else (m, k)).astype(dt)
+                bh = rng.standard_normal((n, k) if tb else (k, n)).astype(dt)
+                ch = rng.standard_normal((m, n)).astype(dt)
+                cbig = dev(np.vstack([ch, np.zeros((3, n), dt)]))
+                e.gemm(0.75, dev(ah), dev(bh), 0.5, cbig[:m], trans_a=ta, trans_b=tb)
+                ref = 0.75 * (ah.T if ta else ah).astype(f64) @ (bh.T if tb else bh).astype(f64) + 0.5 * ch
+                got = e.to_host(cbig)
+                note("gemm", got[:m], ref, dt)
+                if np.any(got[m:] != 0):
+                    FAILURES.append("gemm wrote past its [:m] view")
+    # sum_rows (one pass and two), add_bias, axpy, scal, copy
+    for (r, c) in [(128, 1024), (10000, 1000), (3000, 10), (513, 1)]:
+        x = rng.standard_normal((r, c)).astype(dt)
+        out = poisoned((c,), dt)
+        e.sum_rows(dev(x), out)
+        note("sum_rows", e.to_host(out), x.astype(f64).sum(axis=0), dt)
+    x = rng.standard_normal((50, 33)).astype(dt)
+    y = rng.standard_normal((50, 33)).astype(dt)
+    b = rng.standard_normal(33).astype(dt)
+    z = dev(x)
+    e.add_bias(z, dev(b))
+    note("add_bias", e.to_host(z), x.astype(f64) + b, dt)
+    yd = dev(y)
+    e.axpy(-0.3, dev(x), yd)
+    note("axpy", e.to_host(yd), y.astype(f64) - 0.3 * x, dt)
+    xd = dev(x)
+    e.scal(1.7, xd)
+    note("scal", e.to_host(xd), 1.7 * x.astype(f64), dt)
+    out = poisoned((50, 33), dt)
+    e.copy(dev(x), out)
+    note("copy", e.to_host(out), x, dt)
+    # non-contiguous arrays: the ElementwiseKernel fallback
+    big = dev(np.hstack([x, y]))
+    e.add_bias(big[:, :33], dev(b))
+    note("add_bias non-contiguous", e.to_host(big), np.hstack([x.astype(f64) + b, y]), dt)
+    big = dev(np.hstack([x, y]))
+    e.axpy(2.0, dev(y), big[:, 33:])
+    note("axpy non-contiguous", e.to_host(big), np.hstack([x, 3.0 * y.astype(f64)]), dt)
+    # take_rows (floats and int32 labels; clipped indices; one upload for both)
+    src = rng.standard_normal((1000, 784)).astype(dt)
+    lab = rng.integers(0, 10, 1000).astype(np.int32)
+    src_d, lab_d = dev(src), dev(lab)
+    idx = rng.permutation(1000)[:128]
+    idx[3], idx[5] = -4, 5000
+    out, out_lab = poisoned((128, 784), dt), e.zeros((128,), np.int32)
+    up = e.uploads
+    e.take_rows(src_d, idx, out)
+    e.take_rows(lab_d, idx, out_lab)
+    note("take_rows", e.to_host(out), np.take(src, idx, axis=0, mode="clip"), dt)
+    if not (e.to_host(out_lab) == np.take(lab, idx, mode="clip")).all():
+        FAILURES.append("take_rows of int32 labels differs from numpy.take(mode='clip')")
+    if e.uploads - up != 1:
+        FAILURES.append(f"take_rows uploaded the same indices {e.uploads - up} times (expected once)")
+    # indices already on the device (what the training loop does: one upload, three gathers)
+    idx_d = e.zeros((128,), np.int32)
+    e.upload(idx.astype(np.int32), idx_d)
+    out = poisoned((128, 784), dt)
+    e.take_rows(src_d, idx_d, out)
+    note("take_rows device int32 indices", e.to_host(out), np.take(src, idx, axis=0, mode="clip"), dt)
+    e.take_rows(src_d, idx_d[:50], out[:50])
+    note("take_rows device indices [:50]", e.to_host(out[:50]), np.take(src, idx[:50], axis=0, mode="clip"), dt)
 
-    def __init__(self, e, sizes, acts, batch, dtype, cost, weights, params=None, x=None, y=None):
-        from densenn.activation import get_activation
-        from densenn.cost import get_cost
 
-        self.e = e
-        self.acts = [get_activation(a) for a in acts]
-        self.cost = get_cost(cost)
-        self.fused = self.cost.pairs_with == self.acts[-1].name
-        self.n = batch
-        if params is None:
-            params = ([e.to_engine(w, dtype) for w, _ in weights], [e.to_engine(b, dtype) for _, b in weights])
-        self.ws, self.bs = params
-        self.x = e.empty((batch, sizes[0]), dtype) if x is None else x
-        self.y = e.empty((batch, sizes[-1]), dtype) if y is None else y
-        self.zs = [e.empty((batch, s), dtype) for s in sizes[1:]]
-        self.as_ = [e.empty((batch, s), dtype) for s in sizes[1:]]
-        self.dws = [e.zeros(w.shape, dtype) for w in self.ws]
-        self.dbs = [e.zeros(b.shape, dtype) for b in self.bs]
-        self.works = [e.empty((batch, 1), dtype) if a.work_kind == "row" else
-                      (e.empty((batch, s), dtype) if a.work_kind == "full" else None)
-                      for a, s in zip(self.acts, sizes[1:])]
-        self.cost_work = e.empty((batch, sizes[-1]), dtype)
-        self.acc = e.zeros((2,), dtype)
+def flat(pairs) -> np.ndarray:
+    """[(w, b), ...] (weights or gradients) as one float64 vector."""
+    return np.concatenate([np.asarray(a, np.float64).ravel() for pair in pairs for a in pair])
 
-    def params(self):
-        return [p for pair in zip(self.ws, self.bs) for p in pair]
 
-    def grads(self):
-        return [g for pair in zip(self.dws, self.dbs) for g in pair]
-
-    def forward_backward(self):
-        e, L = self.e, len(self.ws)
-        inputs = [self.x] + self.as_[:-1]
-        for i in range(L):
-            e.gemm(1.0, inputs[i], self.ws[i], 0.0, self.zs[i], trans_b=True)
-            e.bias_activ(self.acts[i], self.zs[i], self.bs[i], self.as_[i], self.works[i])
-        e.cost_value(self.cost, self.as_[-1], self.y, self.cost_work, self.acc[0:1])
-        if self.fused:
-            e.diff(self.as_[-1], self.y, self.zs[-1], 1.0 / self.n)
-        else:
-            e.cost_gradient(self.cost, self.as_[-1], self.y, self.as_[-1], 1.0 / self.n, self.cost_work)
-        for i in range(L - 1, -1, -1):
-            if not (self.fused and i == L - 1):
-                e.delta(self.acts[i], self.zs[i], self.as_[i], self.works[i])
-            e.gemm(1.0, self.zs[i], inputs[i], 0.0, self.dws[i], trans_a=True)
-            e.sum_rows(self.zs[i], self.dbs[i])
-            if i > 0:
-                e.gemm(1.0, self.zs[i], self.ws[i], 0.0, inputs[i])   # the signal for the layer below
-
-    def sgd(self, lr):
-        for p, g in zip(self.params(), self.grads()):
-            self.e.sgd_update(p, g, None, lr, 0.0, False, 0.0)
-
-    def step(self, lr=0.01):
-        self.forward_backward()
-        self.sgd(lr)
+def twin_networks(e, cpu, n_in, specs, dt, rng):
+    """The same network on the device engine in ``dt`` and on ``cpu`` in float64: random weights
+    (rounded to ``dt``, so both start from the very same numbers), biases not zero."""
+    net = Network(n_in, specs, engine=e, dtype=dt, seed=0)
+    weights = [((rng.standard_normal(w.shape) / np.sqrt(w.shape[1])).astype(dt),
+                (0.1 * rng.standard_normal(b.shape)).astype(dt)) for w, b in net.get_weights()]
+    net.set_weights(weights)
+    ref = Network(n_in, specs, engine=cpu, dtype="float64", seed=0)
+    ref.set_weights(weights)
+    return net, ref
 
 
 def init_weights(sizes, rng, dtype=np.float32):
@@ -444,67 +424,57 @@ def loop_time(sync, fn, steps, repeats=5, warmup=20):
 # (1) the seed's micro-benchmark, and (3) its memory
 # =========================================================================================
 def seed_bench(e, cupy, torch, quick):
-    import torch.nn.functional as F
-
-    n, sizes = (2000, [2000, 1000, 200, 10]) if quick else (10000, [10000, 5000, 1000, 10])
-    acts = ["tanh", "sigmoid", "sigmoid"]
-    log(f"== (1) seed micro-benchmark: x {n}×{sizes[0]}, {'→'.join(map(str, sizes))} "
-        f"({'/'.join(acts)}), one full training step")
-    flops = 2 * n * sum(i * o for i, o in zip(sizes[:-1], sizes[1:])) * 2 \
-        + 2 * n * sum(i * o for i, o in zip(sizes[1:-1], sizes[2:]))
-    rng = np.random.default_rng(7)
-    weights = init_weights(sizes, rng)
+    n = 2000 if quick else seedbench.SEED_SIZE
+    log(f"== (1) seed micro-benchmark (densenn.seedbench): x {n}×{n}, {seedbench.describe(n)}, one full "
+        f"training step (forward; backward with the last layer's output as its signal)")
+    flops = seedbench.flops(n)["step"]
     e.release_all()
     base0 = e.pool_used_bytes()
-    # parameters and input first, then the step's own buffers: the memory count is the difference
-    gen = cupy.random.default_rng(11)
-    x = gen.standard_normal((n, sizes[0]), dtype=np.float32)
-    y = gen.uniform(0.0, 1.0, (n, sizes[-1]), dtype=np.float32)
-    ws = [e.to_engine(w) for w, _ in weights]
-    bs = [e.to_engine(b) for _, b in weights]
+    # parameters first (x stays on the host), then the training network: the memory count is
+    # what it adds beyond them and its copy of the input x
+    s = seedbench.SeedBench(n, e, "float32", attach=False)
     e.synchronize()
     param_bytes = e.pool_used_bytes() - base0
-    net = EngineNet(e, sizes, acts, n, np.float32, "quadratic", None, params=(ws, bs), x=x, y=y)
-    net.forward_backward()
+    s.attach()
+    input_bytes = s.nbytes()["input"]
+    s.step()
     e.synchronize()
-    dn_extra = e.pool_used_bytes() - base0 - param_bytes
-    # reference: PyTorch float64 on the same data
-    x64, y64 = torch.from_dlpack(x).double(), torch.from_dlpack(y).double()
-    ref, _ = torch_grads(torch, x64, y64, weights, acts, "quadratic", torch.float64)
-    del x64, y64
-    got = [e.to_host(g) for g in net.grads()]
-    err32 = max(rel_err(g, r) for g, r in zip(got, ref))
+    dn_extra = e.pool_used_bytes() - base0 - param_bytes - input_bytes
+    err_fwd = s.check()
+    if not err_fwd < s.tolerance():
+        FAILURES.append(f"seed forward float32 differs from float64 NumPy by {err_fwd:.3g} (max |Δ|, 64 rows)")
+    log(f"  forward output vs float64 NumPy (64 rows): max |Δ| {err_fwd:.1e}")
+    # reference: PyTorch float64 on the same data and weights
+    ref = torch_seed_grads(torch, s.x_host, s.weights, torch.float64)
+    s.step()
+    err32 = max(rel_err(g, r) for g, r in zip(flat_list(s.gradients()), ref))
     check("seed step float32 (∇w, ∇b of 3 layers) vs float64", err32, 1e-3)
     e.set_tf32(True)
-    net.forward_backward()
-    err_tf = max(rel_err(e.to_host(g), r) for g, r in zip(net.grads(), ref))
+    s.step()
+    err_tf = max(rel_err(g, r) for g, r in zip(flat_list(s.gradients()), ref))
     check("seed step TF32 vs float64", err_tf, 1e-2)
     e.set_tf32(False)
 
     launches0 = e.launches
-    net.forward_backward()
+    s.step()
     launches = e.launches - launches0
-    dn32 = cupy_time(cupy, net.forward_backward, warmup=2, reps=10)
+    dn32 = cupy_time(cupy, s.step, warmup=2, reps=10)
     e.set_tf32(True)
-    dntf = cupy_time(cupy, net.forward_backward, warmup=2, reps=10)
+    dntf = cupy_time(cupy, s.step, warmup=2, reps=10)
     e.set_tf32(False)
 
     # PyTorch: same data and weights, float32, its own memory
     torch.cuda.synchronize()
-    tx = torch.from_dlpack(x).clone()
-    ty = torch.from_dlpack(y).clone()
-    tw = [torch.as_tensor(w, device="cuda").requires_grad_() for w, _ in weights]
-    tb = [torch.as_tensor(b, device="cuda").requires_grad_() for _, b in weights]
-    fns = [torch.tanh, torch.sigmoid, torch.sigmoid]
+    tx = torch.as_tensor(s.x_host, device="cuda")
+    tw = [torch.as_tensor(w, device="cuda").requires_grad_() for w, _ in s.weights]
+    tb = [torch.as_tensor(b, device="cuda").requires_grad_() for _, b in s.weights]
+    s.release()
 
     def torch_step():
         for p in tw + tb:
             p.grad = None
-        h = tx
-        for w, b, f in zip(tw, tb, fns):
-            h = f(F.linear(h, w, b))
-        loss = 0.5 * ((h - ty) ** 2).sum() / n
-        loss.backward()
+        a = torch_seed_forward(torch, tx, tw, tb)
+        a.backward(a.detach())      # the seed's step: the last layer's signal is its own output
 
     torch_tf32(torch, False)
     torch_step()
@@ -526,8 +496,9 @@ def seed_bench(e, cupy, torch, quick):
     pt_extra = torch.cuda.max_memory_allocated() - t_base
     log(f"  densenn float32 {dn32:.2f} ms ({flops / dn32 / 1e9:.1f} TFLOP/s), TF32 {dntf:.2f} ms; "
         f"PyTorch float32 {pt32:.2f} ms, TF32 {pttf:.2f} ms; densenn launches per step: {launches}")
-    log(f"  extra memory over parameters+input: densenn {dn_extra / 1e6:.0f} MB (CuPy pool; cuBLAS's own "
-        f"workspace not counted), PyTorch {pt_extra / 1e6:.0f} MB (peak allocated)")
+    log(f"  extra memory over parameters+input: densenn {dn_extra / 1e6:.0f} MB (CuPy pool; the training "
+        f"network's copy of x and cuBLAS's own workspace not counted), PyTorch {pt_extra / 1e6:.0f} MB "
+        f"(peak allocated)")
     tag = "quick sizes" if quick else ""
     row("(1) seed step float32", dn32, pt32, "ms", TARGETS["seed_fp32"], dn32 <= 1.03 * pt32, tag)
     row("(1) seed step TF32", dntf, pttf, "ms", TARGETS["seed_tf32"], dntf <= 1.03 * pttf, tag)
@@ -535,67 +506,123 @@ def seed_bench(e, cupy, torch, quick):
         dn_extra <= pt_extra, tag)
 
 
+def flat_list(pairs) -> list:
+    """[(w, b), ...] as [w, b, ...]."""
+    return [a for pair in pairs for a in pair]
+
+
+def torch_seed_forward(torch, x, ws, bs):
+    import torch.nn.functional as F
+
+    h = x
+    for w, b, act in zip(ws, bs, seedbench.ACTIVATIONS):
+        h = F.linear(h, w, b)
+        h = torch.tanh(h) if act == "tanh" else torch.sigmoid(h)
+    return h
+
+
+def torch_seed_grads(torch, x, weights, dtype, device="cuda"):
+    """[∇w, ∇b, ...] of the seed's step from PyTorch autograd in ``dtype`` (∂C/∂a = a: C = ½·Σa²)."""
+    torch_tf32(torch, False)
+    ws = [torch.as_tensor(w, device=device, dtype=dtype).requires_grad_() for w, _ in weights]
+    bs = [torch.as_tensor(b, device=device, dtype=dtype).requires_grad_() for _, b in weights]
+    a = torch_seed_forward(torch, torch.as_tensor(x, device=device, dtype=dtype), ws, bs)
+    a.backward(a.detach())
+    grads = [g.grad.double().cpu().numpy() for pair in zip(ws, bs) for g in pair]
+    del a, ws, bs
+    torch.cuda.empty_cache()
+    return grads
+
+
 # =========================================================================================
 # (2) MLP step: eager, graph replay, PyTorch
 # =========================================================================================
+class MLPStep:
+    """One training step of ``net`` on a fixed batch, as ``fit`` runs it: the network's
+    TrainingNetwork (for plain SGD the one that folds the update into its GEMMs), the
+    optimizer bound to its parameters, the batch loaded once; calling it runs
+    ``TrainingNetwork.step`` (forward, fused softmax + cross-entropy, backward, update)."""
+
+    def __init__(self, net, xh, labels, optimizer, cost="crossentropy"):
+        e = net.engine
+        self.net, self.opt, self.n = net, optimizer, len(xh)
+        self.tn = net.trainer(self.n, cost, gradients=not optimizer.folds_into_gemm)     # as fit makes it
+        optimizer.bind(e, self.tn.params, net.dtype)
+        y = np.eye(net.n_out, dtype=net.dtype)[labels]
+        xs, ys = e.to_engine(np.ascontiguousarray(xh, net.dtype)), e.to_engine(y)
+        ls = e.to_engine(np.asarray(labels).astype(self.tn.labels.dtype))
+        self.tn.load(xs, ys, ls, np.arange(self.n, dtype=self.tn.idx.dtype))
+        for buf in (xs, ys, ls):
+            e.release(buf)
+
+    def __call__(self):
+        self.tn.step(self.n, self.opt, 0.0, True)
+
+
+def mlp_network(e, sizes, acts, weights):
+    net = Network(sizes[0], [Dense(u, a) for u, a in zip(sizes[1:], acts)], engine=e, dtype="float32")
+    net.set_weights(weights)
+    return net
+
+
 def mlp_bench(e, cupy, torch):
     import torch.nn.functional as F
 
     from densenn.backend.cuda import CUDAEngine
 
     sizes, acts, batch, lr = [784, 1024, 1024, 10], ["relu", "relu", "softmax"], 128, 0.01
-    log("== (2) MLP 784-1024-1024-10 ReLU/softmax, batch 128, SGD step (wall time per step in a loop)")
+    log("== (2) MLP 784-1024-1024-10 ReLU/softmax, batch 128, SGD step (TrainingNetwork.step; wall time "
+        "per step in a loop)")
     rng = np.random.default_rng(3)
     weights = init_weights(sizes, rng)
     xh = rng.standard_normal((batch, 784)).astype(np.float32)
     labels = rng.integers(0, 10, batch)
     yh = np.eye(10, dtype=np.float32)[labels]
-    net = EngineNet(e, sizes, acts, batch, np.float32, "crossentropy", weights)
-    e.upload(xh, net.x)
-    e.upload(yh, net.y)
-    net.forward_backward()
+    net = mlp_network(e, sizes, acts, weights)
     ref, ref_loss = torch_grads(torch, xh, yh, weights, acts, "crossentropy", torch.float64)
-    err = max(rel_err(e.to_host(g), r) for g, r in zip(net.grads(), ref))
+    err = max(rel_err(g, r) for g, r in zip(flat_list(net.gradients(xh, labels, "crossentropy")), ref))
     check("MLP gradients float32 vs float64", err, 1e-3)
-    check("MLP loss float32 vs float64", rel_err(e.to_host(net.acc)[0], ref_loss), 1e-3)
+    check("MLP loss float32 vs float64", rel_err(net.evaluate(xh, labels)["loss"], ref_loss / batch), 1e-3)
 
     # graph replay == eager: the same 5 SGD steps both ways on an engine whose GEMMs always
     # take the graph's cuBLAS handle (bitwise the same path), and on the default engine
     g_e = CUDAEngine(graph_gemm=True)
     results = {}
     for mode in ("eager", "graph"):
-        gnet = EngineNet(g_e, sizes, acts, batch, np.float32, "crossentropy", weights)
-        g_e.upload(xh, gnet.x)
-        g_e.upload(yh, gnet.y)
+        gnet = mlp_network(g_e, sizes, acts, weights)
+        step = MLPStep(gnet, xh, labels, SGD(lr))
         if mode == "eager":
             for _ in range(5):
-                gnet.step(lr)
+                step()
         else:
-            replay = g_e.capture(lambda: gnet.step(lr), warmup=1)   # the warm-up is step 1
+            replay = g_e.capture(step, warmup=1)   # the warm-up is step 1
             for _ in range(4):
                 replay()
-        results[mode] = np.concatenate([g_e.to_host(p).ravel() for p in gnet.params()])
+            replay.release()
+        results[mode] = flat(gnet.get_weights())
+        gnet.release()
     diff = rel_err(results["graph"], results["eager"])
     bitwise = bool(np.array_equal(results["graph"], results["eager"]))
     check("graph replay vs eager, 5 SGD steps (same cuBLAS handle)", diff, 1e-6)
     log(f"  graph replay bitwise equal to eager: {bitwise}")
-    dnet = EngineNet(e, sizes, acts, batch, np.float32, "crossentropy", weights)
-    e.upload(xh, dnet.x)
-    e.upload(yh, dnet.y)
+    dnet = mlp_network(e, sizes, acts, weights)
+    step = MLPStep(dnet, xh, labels, SGD(lr))
     for _ in range(5):
-        dnet.step(lr)
-    default = np.concatenate([e.to_host(p).ravel() for p in dnet.params()])
+        step()
+    default = flat(dnet.get_weights())
+    dnet.release()
     check("default eager path vs graph-handle eager path, 5 SGD steps", rel_err(default, results["eager"]), 1e-5)
     RESULTS["notes"].append(f"graph replay bitwise equal to eager (graph_gemm engine): {bitwise}")
 
     # timings
     steps = 200
     sync = e.synchronize
+    step = MLPStep(net, xh, labels, SGD(lr))
     l0 = e.launches
-    net.step(lr)
+    step()
     launches = e.launches - l0
-    eager = loop_time(sync, lambda: net.step(lr), steps)
-    replay = e.capture(lambda: net.step(lr), warmup=1)
+    eager = loop_time(sync, step, steps)
+    replay = e.capture(step, warmup=1)
     graph = loop_time(sync, replay, steps)
     log(f"  densenn eager {eager * 1e3:.0f} µs/step ({launches} launches per step), graph replay "
         f"{graph * 1e3:.0f} µs/step (1 launch; {replay.captured_launches} recorded)")

@@ -19,8 +19,8 @@ share of the step; the performance guide's target is at most 15%.
    16384-sample data set) + ``TrainingNetwork.step`` (forward, cost, backward, update).
 2. The seed's micro-benchmark scaled to 2 cores: x 4000×4000 (batch 4000 of 4000 features),
    4000→2000 tanh →400 sigmoid →10 sigmoid, one full step as the seed defines it: forward and
-   backward (δ, ∇w, ∇b, signal) through ``DenseTraining`` layers, the signal of the last layer
-   being its own output; no cost, no update.
+   backward (δ, ∇w, ∇b, signal) through the training layers, the signal of the last layer
+   being its own output; no cost, no update. The network is ``densenn.seedbench.SeedBench``.
 
 ``--breakdown`` (default ``mlp,mnist``) then times every engine call of one step (each GEMM
 next to its floor, bias+activation, delta, Σ rows, cost, gather, optimizer) and the Python
@@ -45,6 +45,7 @@ import common
 from common import interleaved, table
 
 import densenn as dn
+from densenn import seedbench
 from densenn.backend.cpu import CPUEngine
 
 MLP_SIZES = [784, 1024, 1024, 10]
@@ -52,13 +53,6 @@ MLP_ACTS = ["relu", "relu", "softmax"]
 MNIST_SIZES = [784, 256, 128, 10]
 MNIST_ACTS = ["relu", "relu", "softmax"]
 OVERHEAD_TARGET = 15.0      # % of the step beyond the GEMM floor (PERFORMANCE.md)
-
-
-def seed_sizes(n: int) -> list:
-    return [n, n // 2, n // 10, 10]
-
-
-SEED_ACTS = ["tanh", "sigmoid", "sigmoid"]
 
 
 # -- GEMM FLOPs ------------------------------------------------------------------------------------
@@ -169,60 +163,6 @@ def build_mlp(sizes, acts, batch, optimizer, engine="cpu", n_data=16384, seed=0,
 
     return SimpleNamespace(net=net, tn=tn, opt=optimizer, engine=e, x=x, y=y, labels=labels, batches=batches,
                            load=load, train=train, step=step, forward=forward, sync=e.synchronize)
-
-
-# -- densenn: the seed's micro-benchmark through DenseTraining layers -------------------------------
-def build_seed(n, engine="cpu", seed=0, attach_training=True):
-    """The seed's network for x n×n: DenseTraining layers, forward() and step() (forward + backward).
-
-    ``attach_training=False`` makes only the input and the inference layers; ``.attach()`` adds
-    the training layers later."""
-    e = dn.get_engine(engine)
-    dt = np.dtype(np.float32)
-    sizes = seed_sizes(n)
-    rng = np.random.default_rng(seed)
-    x_host = rng.random((n, n), dtype=np.float32) * 2 - 1
-    x = e.upload(x_host, e.empty(x_host.shape, dt))
-    weights, layers = [], []
-    for n_in, n_out, act in zip(sizes, sizes[1:], SEED_ACTS):
-        w = rng.standard_normal((n_out, n_in), dtype=np.float32) / np.float32(np.sqrt(n_in))
-        b = rng.standard_normal(n_out).astype(np.float32) * np.float32(0.1)
-        weights.append((w, b))
-        layers.append(dn.DenseInference(e, n_in, n_out, act, dt, w=e.upload(w, e.empty(w.shape, dt)),
-                                        b=e.upload(b, e.empty(b.shape, dt))))
-    training = []
-
-    def attach():
-        """Make the training layers (z, a, dw, db, work): what training adds to weights and input."""
-        training.append(dn.DenseTraining(layers[0], x))
-        for layer in layers[1:]:
-            training.append(dn.DenseTraining.after(layer, training[-1]))
-
-    if attach_training:
-        attach()
-
-    def forward():
-        for t in training:
-            t.forward()
-
-    def step():
-        # the seed's (forward 1 2 3) (backward 3 2 1): the last layer's signal is its own output
-        forward()
-        for i in range(len(training) - 1, -1, -1):
-            training[i].backward(propagate=i > 0)
-
-    return SimpleNamespace(engine=e, x=x, x_host=x_host, weights=weights, layers=layers, training=training,
-                           attach=attach, forward=forward, step=step, sync=e.synchronize, sizes=sizes)
-
-
-def check_seed(s, rows=64) -> float:
-    """Max |densenn − float64 NumPy| of the seed network's forward output on the first rows."""
-    s.forward()
-    h = s.x_host[:rows].astype(np.float64)
-    for (w, b), act in zip(s.weights, SEED_ACTS):
-        h = h @ w.astype(np.float64).T + b
-        h = np.tanh(h) if act == "tanh" else 1 / (1 + np.exp(-h))
-    return float(np.abs(s.engine.to_host(s.training[-1].a)[:rows] - h).max())
 
 
 def check_mlp(m, rows=128) -> float:
@@ -450,13 +390,11 @@ def run_mlp(repeats, print_fn=print):
 
 
 def run_seed(n, repeats, print_fn=print, engine="cpu"):
-    s = build_seed(n, engine)
-    err = check_seed(s)
-    plan = gemm_plan(s.sizes, n)
-    flops = step_flops(s.sizes, n)
-    t = interleaved({"step": s.step, "floor": floor_fn(plan)}, repeats=repeats, warmup=1, number=1)
-    for t_ in s.training + s.layers:
-        t_.release()
+    with seedbench.SeedBench(n, engine, "float32") as s:
+        err = s.check()
+        plan = gemm_plan(s.sizes, n)
+        flops = seedbench.flops(n)
+        t = interleaved({"step": s.step, "floor": floor_fn(plan)}, repeats=repeats, warmup=1, number=1)
     return summarise(f"the seed's micro-benchmark x {n}×{n}, {n}→{n // 2} tanh →{n // 10} sigmoid →10 sigmoid: "
                      f"forward + backward (δ, ∇w, ∇b, signal)", t["step"], t["floor"], flops["step"], len(plan),
                      err, print_fn, err_kind="max |Δ| vs float64", tol=1e-3)
@@ -488,12 +426,12 @@ def run_engine_seed(engine_name, n, repeats, print_fn=print):
     rows = []
     for name in ("cpu", engine_name):
         try:
-            s = build_seed(n, name)
-            err = check_seed(s)
-            if not err < 1e-3:
-                raise RuntimeError(f"forward output differs from float64 NumPy by {err:.1e}: not timed")
-            t = interleaved({"forward": s.forward, "step": s.step}, repeats=repeats, warmup=1, number=1,
-                            sync=s.sync)
+            with seedbench.SeedBench(n, name, "float32") as s:
+                err = s.check()
+                if not err < s.tolerance():
+                    raise RuntimeError(f"forward output differs from float64 NumPy by {err:.1e}: not timed")
+                t = interleaved({"forward": s.forward, "step": s.step}, repeats=repeats, warmup=1, number=1,
+                                sync=s.engine.synchronize)
         except Exception as exc:          # an engine that fails is a result to show, not a crash
             out[name] = {"error": f"{type(exc).__name__}: {exc}"}
             rows.append((name, "FAILED", "—", "—"))
@@ -501,8 +439,6 @@ def run_engine_seed(engine_name, n, repeats, print_fn=print):
             continue
         out[name] = {"check_max_abs": err, "forward": t["forward"], "step": t["step"]}
         rows.append((name, f"{err:.1e}", f"{t['forward'].ms:.2f}", f"{t['step'].ms:.2f}"))
-        for x in s.training + s.layers:
-            x.release()
     print_fn(table(["engine", "check max|Δ|", "forward ms", "step ms"], rows))
     return out
 

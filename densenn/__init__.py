@@ -16,20 +16,12 @@ from densenn.cost import COSTS, get_cost, register_cost
 from densenn.errors import DensennError, DensennException, EngineUnavailable, TrainingDiverged
 from densenn.gradcheck import check_gradients
 from densenn.init import INITIALIZERS
+from densenn.io import load
 from densenn.layer import DenseInference, DenseTraining
 from densenn.metrics import accuracy, confusion_matrix
 from densenn.network import Dense, Network, TrainingNetwork
 from densenn.optimizer import SGD, Adam, AdamW, CosineDecay, LinearDecay, StepDecay, get_optimizer, register_optimizer
 from densenn.train import History
-
-
-def load(path, engine=None, dtype=None):
-    """The network saved at ``path`` with ``Network.save``, on ``engine`` (the default engine
-    if None) and in its saved dtype unless ``dtype`` is given (see ``densenn.io``)."""
-    from densenn.io import load as _load
-
-    return _load(path, engine=engine, dtype=dtype)
-
 
 __version__ = "0.1.0"
 __all__ = ["Network", "Dense", "DenseInference", "DenseTraining", "TrainingNetwork", "History",

@@ -27,9 +27,8 @@ every engine propagates NaN as NumPy's maximum/heaviside do.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -63,9 +62,10 @@ class Activation:
     #: for an f' built on a transcendental function (tanh, sigmoid), the CPU delta in two
     #: parts: ``np_delta_head(z)``, NumPy's SIMD pass(es) z → t in place, then the loop
     #: ``z = delta_tail`` (an expression of t, written z, and the signal a); None: no split
-    np_delta_head = None
+    np_delta_head: Any = None
     delta_tail: str | None = None
-    ops = None
+    ops: Any = None
+    _kept: dict
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -95,14 +95,14 @@ class Activation:
         return z
 
     @classmethod
-    def _with_param(cls, p) -> "Activation":
+    def _with_param(cls, p) -> Activation:
         """An instance with parameter p, kept: the NumPy forms call its np_* kernels."""
         kept = cls.__dict__.get("_kept")
         if kept is None:
             kept = cls._kept = {}
         inst = kept.get(p)
         if inst is None:
-            inst = kept[p] = cls(p) if cls.param or p else cls()
+            inst = kept[p] = cls(p) if cls.param or p else cls()  # type: ignore[call-arg]
         return inst
 
     # -- the NumPy kernels; subclasses override --------------------------
@@ -366,153 +366,8 @@ class Linear(Activation):
         return z
 
 
-def _per_row(ufunc, x, v, out):
-    """out[i, j] = ufunc(x[i, j], v[i]) for an (n, m) ``x`` and an (n,) ``v``; returns out.
-
-    A 2-D ufunc call that broadcasts ``v`` makes NumPy copy it into an iteration
-    buffer (up to 8192 elements, every call); 1-D calls along the shorter side of
-    ``x`` need none, so the step stays allocation-free.
-    """
-    n, m = x.shape
-    if m <= n:
-        for j in range(m):
-            ufunc(x[:, j], v, out=out[:, j])
-    else:
-        for i in range(n):
-            ufunc(x[i], v[i], out=out[i])
-    return out
-
-
-class Softmax(Activation):
-    """Row-wise softmax (one distribution per sample).
-
-    Its Jacobian is not diagonal: ``delta`` computes the full product
-    ``s ∘ (g - Σ s∘g)``; ``prime`` gives only the diagonal ``s(1 - s)``. Paired
-    with categorical cross-entropy the network skips both and uses ``a - y``.
-    """
-
-    name = "softmax"
-    work_kind = "row"
-    elementwise = False
-
-    def np_activ(self, z, a, work=None):
-        work = np.empty((z.shape[0], 1), z.dtype) if work is None else work
-        np.max(z, axis=1, keepdims=True, out=work)
-        _per_row(np.subtract, z, work[:, 0], a)          # shifted by the row max: no overflow
-        np.exp(a, out=a)
-        np.sum(a, axis=1, keepdims=True, out=work)
-        return _per_row(np.divide, a, work[:, 0], a)
-
-    def np_prime(self, z, work=None):
-        self.np_activ(z, z, work)
-        # diagonal of the Jacobian: s(1 - s) = 1/4 - (s - 1/2)², in place
-        np.subtract(z, 0.5, out=z)
-        np.square(z, out=z)
-        return np.subtract(0.25, z, out=z)
-
-    def np_delta(self, z, a, work=None):
-        work = np.empty((z.shape[0], 1), z.dtype) if work is None else work
-        self.np_activ(z, z, work)                        # z = s
-        np.einsum("ij,ij->i", z, a, out=work[:, 0])      # Σ_j s_j g_j per sample
-        _per_row(np.subtract, a, work[:, 0], a)          # a is scratch once read
-        return np.multiply(z, a, out=z)
-
-
-_SOFTMAX_C = """
-T top = z[0];
-for (I j = 1; j < cols; ++j) top = fmax(top, z[j]);
-T total = (T)0;
-for (I j = 0; j < cols; ++j) { const T e = exp(z[j] - top); OUT[j] = e; total += e; }
-for (I j = 0; j < cols; ++j) OUT[j] /= total;
-"""
-
-
-def softmax_row(njit):
-    def row(z, b, a, i, bias):
-        """a[i] = softmax(z[i] (+ b, written back into z when bias)): shifted by the row max."""
-        m = z.shape[1]
-        top = -math.inf
-        for j in range(m):
-            v = z[i, j] + b[j] if bias else z[i, j]
-            z[i, j] = v
-            top = max(top, v)
-        total = 0.0
-        for j in range(m):
-            e = math.exp(z[i, j] - top)
-            a[i, j] = e
-            total += e
-        scale = 1.0 / total
-        for j in range(m):
-            a[i, j] *= scale
-    return njit(row)
-
-
-def _softmax_bias_activ(njit):
-    row = softmax_row(njit)
-
-    def kernel(z, b, a, p, db):
-        for i in range(z.shape[0]):
-            row(z, b, a, i, True)
-    return kernel
-
-
-def _softmax_delta(njit):
-    def kernel(z, a, p, db):
-        # z = s ∘ (g - Σ_j s_j g_j), s = softmax(z), g = a; db += Σ rows of z when db has z's width
-        n, m = z.shape
-        sums = db.shape[0] == m
-        for i in range(n):
-            top = -math.inf
-            for j in range(m):
-                top = max(top, z[i, j])
-            total = 0.0
-            for j in range(m):
-                e = math.exp(z[i, j] - top)
-                z[i, j] = e
-                total += e
-            dot = 0.0
-            for j in range(m):
-                z[i, j] /= total
-                dot += z[i, j] * a[i, j]
-            for j in range(m):
-                z[i, j] *= a[i, j] - dot
-                if sums:
-                    db[j] += z[i, j]
-    return kernel
-
-
-def _softmax_np(method: str, bias: bool = False):
-    kept = Softmax._with_param(0.0)
-    if bias:
-        def run(engine, arrays, scalars, work):
-            z, b, a = arrays
-            engine.add_bias(z, b)
-            getattr(kept, method)(z, a, work)
-    elif method == "np_prime":
-        def run(engine, arrays, scalars, work):
-            getattr(kept, method)(arrays[0], work)
-    else:
-        def run(engine, arrays, scalars, work):
-            getattr(kept, method)(arrays[0], arrays[1], work)
-    return run
-
-
-Softmax.ops = ActivationOps(
-    RowMap("softmax_activ", "z a", writes="a", scalars="p", c_body=_SOFTMAX_C.replace("OUT", "a"), numpy=_softmax_np("np_activ")),
-    RowMap("softmax_bias_activ", "z b:col a", writes="z a", scalars="p", numba=_softmax_bias_activ,
-           c_body="for (I j = 0; j < cols; ++j) z[j] += b[j];\n" + _SOFTMAX_C.replace("OUT", "a"),
-           numpy=_softmax_np("np_activ", bias=True)),
-    RowMap("softmax_prime", "z", writes="z", scalars="p", numpy=_softmax_np("np_prime"),
-           c_body=_SOFTMAX_C.replace("OUT", "z") + "for (I j = 0; j < cols; ++j) z[j] = z[j] * ((T)1 - z[j]);\n"),
-    RowMap("softmax_delta", "z a", writes="z", scalars="p", numba=_softmax_delta, numpy=_softmax_np("np_delta"),
-           c_body=_SOFTMAX_C.replace("OUT", "z") + """T dot = (T)0;
-for (I j = 0; j < cols; ++j) dot += z[j] * a[j];
-for (I j = 0; j < cols; ++j) z[j] = z[j] * (a[j] - dot);
-"""))
-
-
 ACTIVATIONS: dict[str, type[Activation]] = {
-    cls.name: cls for cls in (Sigmoid, Tanh, ReLU, LeakyReLU, ELU, Softplus, Linear, Softmax)
+    cls.name: cls for cls in (Sigmoid, Tanh, ReLU, LeakyReLU, ELU, Softplus, Linear)
 }
 
 
@@ -531,7 +386,8 @@ def get_activation(spec) -> Activation:
         return spec
     if isinstance(spec, dict):
         name = check_choice("activation", spec.get("name"), ACTIVATIONS)
-        return ACTIVATIONS[name](spec["param"]) if "param" in spec else ACTIVATIONS[name]()
+        kind = ACTIVATIONS[name]
+        return kind(spec["param"]) if "param" in spec else kind()  # type: ignore[call-arg]
     check_choice("activation", spec, ACTIVATIONS)
     return ACTIVATIONS[spec]()
 
@@ -546,15 +402,15 @@ class ActivationFn:
     """
 
     spec: Activation
-    engine: object
-    work: object = None
+    engine: Any
+    work: Any = None
 
     @classmethod
-    def for_layer(cls, spec: Activation, engine, batch: int, n_out: int, dtype) -> "ActivationFn":
+    def for_layer(cls, spec: Activation, engine, batch: int, n_out: int, dtype) -> ActivationFn:
         shape = {"full": (batch, n_out), "row": (batch, 1), None: None}[spec.work_kind]
         return cls(spec, engine, None if shape is None else engine.empty(shape, dtype))
 
-    def rows(self, n: int) -> "ActivationFn":
+    def rows(self, n: int) -> ActivationFn:
         """The same activation working on the first ``n`` samples only."""
         return ActivationFn(self.spec, self.engine, None if self.work is None else self.work[:n])
 

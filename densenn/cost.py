@@ -13,14 +13,14 @@ derivative, which is both faster and free of the 1/a blow-up near saturation.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from densenn.activation import softmax_row
 from densenn.errors import DensennError, check_choice
 from densenn.kernels.numpy_eval import numpy_form
 from densenn.kernels.ops import Map, RowMap, Sum
+from densenn.softmax import softmax_row
 
 
 class Cost:
@@ -31,10 +31,11 @@ class Cost:
     #: per-element loss term and ∂C/∂a, from which the declared operations are made
     loss: str = ""
     grad: str = ""
-    ops = None
+    ops: Any = None
+    _instance: Cost
     #: an optional operation for the output layer and this cost in one pass (see
     #: SOFTMAX_CROSSENTROPY); the network uses it where the engine can run it
-    fused_head = None
+    fused_head: Any = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -42,7 +43,7 @@ class Cost:
             cls.ops = _cost_ops(cls)
 
     @classmethod
-    def _kept(cls) -> "Cost":
+    def _kept(cls) -> Cost:
         """One instance, kept: the NumPy forms call its np_* kernels."""
         if "_instance" not in cls.__dict__:
             cls._instance = cls()

@@ -6,6 +6,7 @@ expected and what came.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -54,14 +55,14 @@ def check_nonnegative_int(name: str, value) -> int:
 
 
 def check_positive_float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise DensennError(f"{name} must be a positive finite number, got {describe(value)}")
     return float(value)
 
 
 def check_float_range(name: str, value, low: float, high: float, *, low_open=False, high_open=False) -> float:
     """Check ``low <= value <= high`` (with optionally open ends)."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
         ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
@@ -80,7 +81,7 @@ def check_choice(name: str, value, choices) -> str:
 def is_real_number_dtype(dtype) -> bool:
     """Bool, integer or real float: what a feature or a target may be. (timedelta64 counts as
     an integer to NumPy, datetime64 as neither; complex is not real.)"""
-    return dtype != object and dtype.kind in "biuf"
+    return dtype.kind in "biuf"
 
 
 def check_matrix(name: str, value, *, n_features: int | None = None, allow_empty=False,

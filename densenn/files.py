@@ -53,7 +53,7 @@ def remove_stale_temporaries(folder: str) -> list[str]:
     Returns the paths removed. A temporary file of a process that still runs is kept:
     it may be a save in progress.
     """
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(folder)
     except OSError:

@@ -21,9 +21,37 @@ convention. Negate ``b`` to reproduce the seed's numbers.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
-from densenn.activation import ActivationFn, get_activation
-from densenn.errors import DensennError, check_positive_int
+from densenn.activation import Activation, ActivationFn, get_activation
+from densenn.errors import DensennError, check_choice, check_positive_int
+from densenn.init import INITIALIZERS
+
+
+@dataclass(frozen=True)
+class Dense:
+    """A fully-connected layer: ``units`` outputs, an activation, an initialiser.
+
+    ``init=None`` picks He for ReLU-like activations and Glorot otherwise.
+    """
+
+    units: int
+    activation: str | Activation = "relu"
+    init: str | None = None
+
+    def __post_init__(self):
+        check_positive_int("units", self.units)
+        get_activation(self.activation)
+        if self.init is not None:
+            check_choice("init", self.init, INITIALIZERS)
+
+    def config(self) -> dict:
+        return {"units": int(self.units), "activation": get_activation(self.activation).config(),
+                "init": self.init}
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> Dense:
+        return cls(cfg["units"], get_activation(cfg["activation"]), cfg.get("init"))
 
 
 class DenseInference:
@@ -55,6 +83,13 @@ class DenseInference:
         self.activation.bias_activ(self.engine, z, self.b, a, work.work)
         work.release()
         return a
+
+    #: the layer's tensors in a model file (``layers.{i}.{name}``), in the order of its parameters
+    tensor_names = ("w", "b")
+
+    @property
+    def params(self) -> tuple:
+        return self.w, self.b
 
     def nbytes(self) -> int:
         return sum(self.engine.nbytes(buf) for buf in (self.w, self.b) if buf is not None)
@@ -114,7 +149,7 @@ class DenseTraining:
         return engine.zeros(shape, dtype)
 
     @classmethod
-    def after(cls, inference: DenseInference, previous: "DenseTraining") -> "DenseTraining":
+    def after(cls, inference: DenseInference, previous: DenseTraining) -> DenseTraining:
         """The layer that reads ``previous.a`` (the seed's two-argument ``training-layer``)."""
         return cls(inference, previous.a, previous.batch)
 
@@ -165,7 +200,7 @@ class DenseTraining:
         return self.x
 
     # -- partial batches --------------------------------------------------------
-    def rows(self, n: int) -> "DenseTraining":
+    def rows(self, n: int) -> DenseTraining:
         """A view of this layer working on the first ``n`` samples of the batch.
 
         Shares every buffer (so nothing is allocated per step); used for the

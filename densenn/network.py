@@ -1,283 +1,29 @@
-"""Networks: a description (``Dense`` specs), the inference network, the training network.
+"""The network: the user API over the inference layers of one engine.
 
 ``Network`` owns the inference layers (weights) on one engine and offers the
 user API (``fit``, ``predict``, ``evaluate``, ``gradients``, weights, saving).
-``TrainingNetwork`` is built from it for one batch size and one cost: it owns
-the input/target buffers, the training layers (sharing the weights) and the
-cost's scratch, and runs one allocation-free training step.
+``TrainingNetwork`` (densenn.trainer) is built from it for one batch size and one
+cost, and runs one allocation-free training step; ``fit`` (densenn.train) loops it.
 """
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 
-from densenn.activation import Activation, get_activation
+from densenn import modelfile
+from densenn.activation import get_activation
 from densenn.backend import check_dtype, get_engine
-from densenn.cost import diff, get_cost
-from densenn.errors import DensennError, check_choice, check_matrix, check_nonnegative_int, \
-    check_positive_int, describe, is_real_number_dtype
-from densenn.init import INITIALIZERS, default_init, init_weights
-from densenn.layer import DenseInference, DenseTraining, FoldedSGDDense
-from densenn.metrics import count_correct
+from densenn.cost import get_cost
+from densenn.errors import DensennError, check_matrix, check_nonnegative_int, check_positive_int, describe
+from densenn.init import default_init, init_weights
+from densenn.layer import Dense, DenseInference
+from densenn.metrics import confusion_matrix, count_correct
+from densenn.targets import LABEL_DTYPE, index_dtype, prepare_targets
+from densenn.train import fit
+from densenn.trainer import TrainingNetwork
 
-#: host dtype of class labels (NumPy's index type)
-LABEL_DTYPE = np.int64
-
-
-def index_dtype(engine) -> np.dtype:
-    """The integer dtype of labels and batch indices on ``engine`` (its ``index_dtype``, else int32).
-
-    The CPU engine uses NumPy's intp, so ``take``/``argmax`` need no converted copy.
-    """
-    return np.dtype(getattr(engine, "index_dtype", np.int32))
-
-
-@dataclass(frozen=True)
-class Dense:
-    """A fully-connected layer: ``units`` outputs, an activation, an initialiser.
-
-    ``init=None`` picks He for ReLU-like activations and Glorot otherwise.
-    """
-
-    units: int
-    activation: str | Activation = "relu"
-    init: str | None = None
-
-    def __post_init__(self):
-        check_positive_int("units", self.units)
-        get_activation(self.activation)
-        if self.init is not None:
-            check_choice("init", self.init, INITIALIZERS)
-
-    def config(self) -> dict:
-        return {"units": int(self.units), "activation": get_activation(self.activation).config(),
-                "init": self.init}
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> "Dense":
-        return cls(cfg["units"], get_activation(cfg["activation"]), cfg.get("init"))
-
-
-# -- targets --------------------------------------------------------------------------
-def prepare_targets(y, n_samples: int, n_out: int, name: str = "y"):
-    """Targets as a float ``(n, n_out)`` matrix, plus int class labels when y is a classification.
-
-    Accepted: class indices ``(n,)`` (integers, or whole floats) in ``[0, n_out)``
-    (for one output: 0/1); one-hot rows ``(n, n_out)``; or real targets
-    ``(n, n_out)`` (regression; then labels is None). Returns ``(targets, labels)``.
-    """
-    try:
-        arr = np.asarray(y)
-    except Exception:
-        raise DensennError(f"{name} must be a numeric array, got {describe(y)}") from None
-    if not is_real_number_dtype(arr.dtype):
-        raise DensennError(f"{name} must be numeric (class indices or targets), got dtype {arr.dtype}")
-    if arr.shape[:1] != (n_samples,):
-        raise DensennError(f"{name} must have {n_samples} rows (one per sample of x), got shape {arr.shape}")
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        raise DensennError(f"{name} contains NaN or infinite values")
-    if arr.ndim == 2 and arr.shape[1] == 1 and n_out == 1:
-        arr = arr[:, 0]
-    if arr.ndim == 1:
-        if n_out > 1:
-            if not np.issubdtype(arr.dtype, np.integer) and not (arr == np.round(arr)).all():
-                raise DensennError(f"{name} as a 1-D array must hold class indices (integers), "
-                                   f"got non-integer values such as {arr[arr != np.round(arr)][0]!r}")
-            if arr.min() < 0 or arr.max() >= n_out:
-                raise DensennError(f"{name} class indices must be in [0, {n_out - 1}] for {n_out} outputs, "
-                                   f"got values in [{arr.min()}, {arr.max()}]")
-            labels = arr.astype(LABEL_DTYPE)
-            targets = np.zeros((n_samples, n_out))
-            targets[np.arange(n_samples), labels] = 1.0
-            return targets, labels
-        targets = arr.astype(np.float64).reshape(-1, 1)
-        binary = np.isin(arr, (0, 1)).all()
-        return targets, (arr.astype(LABEL_DTYPE) if binary else None)
-    if arr.ndim != 2 or arr.shape[1] != n_out:
-        raise DensennError(f"{name} must be class indices of shape ({n_samples},) or targets of shape "
-                           f"({n_samples}, {n_out}), got shape {arr.shape}")
-    targets = arr.astype(np.float64)
-    one_hot = np.isin(targets, (0.0, 1.0)).all() and (targets.sum(axis=1) == 1).all()
-    return targets, (targets.argmax(axis=1).astype(LABEL_DTYPE) if one_hot else None)
-
-
-# -- the training network ----------------------------------------------------------------
-class TrainingNetwork:
-    """Training layers for one batch size and cost, sharing ``net``'s weights.
-
-    Owns: ``x`` (batch, n_in), ``y`` (batch, n_out), ``labels`` (batch,), the
-    layers' ``z``/``a``/gradients/work, the cost's scratch, and ``acc`` = [Σ loss,
-    Σ correct] accumulated on the engine until read.
-    """
-
-    def __init__(self, net: "Network", batch: int, cost, gradients: bool = True):
-        # gradients=False: layers that fold plain SGD into their GEMMs (FoldedSGDDense)
-        e = self.engine = net.engine
-        self.net = net
-        self.batch = check_positive_int("batch_size", batch)
-        self.cost = get_cost(cost)
-        dt = net.dtype
-        self.x = e.empty((batch, net.n_in), dt)
-        self.y = e.empty((batch, net.n_out), dt)
-        self.labels = e.zeros((batch,), index_dtype(e))
-        self.idx = e.zeros((batch,), index_dtype(e))
-        self.cost_work = e.empty((batch, net.n_out), dt)
-        self.metric_work = e.empty((batch,), index_dtype(e))
-        self.acc = e.zeros((2,), dt)
-        kind = DenseTraining if gradients else FoldedSGDDense
-        self.folded = not gradients
-        self.layers: list = []
-        previous = None
-        for inference in net.layers:
-            layer = kind(inference, self.x, batch) if previous is None else kind.after(inference, previous)
-            self.layers.append(layer)
-            previous = layer
-        last = net.layers[-1].activation.name
-        # ∂C/∂z = a - y when the output activation is the cost's partner
-        self.fused = self.cost.pairs_with == last
-        # softmax + cross-entropy against class labels: one kernel where the engine has it
-        self.head = self.fused and self.cost.fused_head is not None and e.can(self.cost.fused_head)
-        self.params = [p for layer in self.layers for p in layer.params]
-        self.grads = [] if self.folded else [g for layer in self.layers for g in layer.grads]
-        self.decays = [d for layer in self.layers for d in layer.decays]
-        self._views = {batch: self._buffers()}
-        # scratch for the signals of a folded SGD step (see DenseTraining.backward), made at
-        # the first such step: one flat buffer viewed per layer and batch size
-        self.signal = None
-        self._signal_views: dict = {}
-
-    def _buffers(self, n: int | None = None):
-        if n is None:
-            return (self.layers, self.x, self.y, self.labels, self.cost_work, self.metric_work)
-        return ([layer.rows(n) for layer in self.layers], self.x[:n], self.y[:n], self.labels[:n],
-                self.cost_work[:n], self.metric_work[:n])
-
-    def views(self, n: int):
-        """The buffers for a batch of ``n <= batch`` rows (cached: made once per size)."""
-        if n not in self._views:
-            self._views[n] = self._buffers(n)
-        return self._views[n]
-
-    def load(self, xs, ys, labels, idx):
-        """Gather the rows ``idx`` (host ints) of the engine arrays into the batch buffers. Returns n.
-
-        The indices are uploaded once into ``self.idx`` and used for x, y and the
-        labels alike: one host→engine transfer per batch. The one-hot rows of y
-        are not gathered when the fused output kernel reads the labels instead.
-        """
-        n = len(idx)
-        _, x, y, lab, _, _ = self.views(n)
-        idx_e = self.idx[:n]
-        self.engine.upload(idx, idx_e)
-        self.engine.take_rows(xs, idx_e, x)
-        if labels is None or not self.head:
-            self.engine.take_rows(ys, idx_e, y)
-        if labels is not None:
-            self.engine.take_rows(labels, idx_e, lab)
-        return n
-
-    @property
-    def gradients(self) -> bool:
-        """Whether the layers keep ∇w buffers (not for folded SGD; see FoldedSGDDense)."""
-        return not self.folded
-
-    def signals(self, n: int) -> list:
-        """Per layer, the (n, n_in) scratch its folded update writes its signal into (None for the first)."""
-        if n not in self._signal_views:
-            widths = [layer.inference.n_in for layer in self.layers[1:]]    # no signal below the first layer
-            if self.signal is None and widths:
-                self.signal = self.engine.empty((self.batch * max(widths),), self.net.dtype)
-            self._signal_views[n] = [None] + [self.signal[:n * k].reshape(n, k) for k in widths]
-        return self._signal_views[n]
-
-    def forward_backward(self, n: int, with_labels: bool, update=None):
-        """Forward, cost (accumulated into acc), backward for the first n rows of the batch.
-
-        With ``update=(alpha, beta)`` the backward pass also applies a plain SGD step
-        folded into the ∇w GEMMs (see ``DenseTraining.backward``)."""
-        e = self.engine
-        layers, _, y, labels, work, mwork = self.views(n)
-        last = layers[-1]
-        head = with_labels and self.head
-        if head:
-            for layer in layers[:-1]:
-                layer.forward()
-            last.forward_linear()
-            e.map(self.cost.fused_head, (last.z, last.b, last.a, labels, self.acc), (1.0 / n, self.cost.eps(last.z.dtype)),
-                  sums=last.db)
-        else:
-            for layer in layers:
-                layer.forward()
-            self.cost.value(e, last.a, y, work, self.acc[0:1])
-            if with_labels:
-                count_correct(e, last.a, labels, mwork, self.acc[1:2])
-            if self.fused:
-                diff(e, last.a, y, last.z, 1.0 / n)
-            else:
-                self.cost.gradient(e, last.a, y, last.a, 1.0 / n, work)
-        if update is not None:
-            # a folded update leaves each signal in scratch, where the layer below reads it; the
-            # views of one buffer can share it, as each layer's delta has read the signal from
-            # above before its own GEMM writes the next one
-            for layer, signal in zip(layers, self.signals(n)):
-                layer.update, layer.signal = update, signal
-        if self.fused:
-            grad = last.backward_from_delta(propagate=len(layers) > 1, db_ready=head)
-        else:
-            grad = last.backward(propagate=len(layers) > 1)
-        for i in range(len(layers) - 2, -1, -1):
-            grad = layers[i].backward(grad, propagate=i > 0)
-
-    def step(self, n: int, optimizer, epoch: float, with_labels: bool):
-        """One training step on the first n rows of the loaded batch.
-
-        Plain SGD is folded into the backward pass's GEMMs (``optimizer.gemm_update``);
-        any other optimizer updates from the gradients afterwards."""
-        update = optimizer.gemm_update(epoch) if self.folded else None
-        if self.folded and update is None:
-            raise DensennError(f"this training network folds plain SGD into its GEMMs; {optimizer!r} needs "
-                               "gradients (make the trainer with gradients=True)")
-        self.forward_backward(n, with_labels, update)
-        if update is None:
-            optimizer.step(self.params, self.grads, self.decays, epoch)
-
-    def read_acc(self, reset: bool = True):
-        """(Σ loss, Σ correct) read from the engine, then zeroed."""
-        loss, correct = (float(v) for v in self.engine.to_host(self.acc))
-        if reset:
-            self.engine.fill(self.acc, 0.0)
-        return loss, correct
-
-    def nbytes(self) -> dict:
-        e = self.engine
-        out = {"activations": 0, "gradients": 0, "work": 0}
-        for layer in self.layers:
-            for k, v in layer.nbytes().items():
-                out[k] += v
-        out["batch"] = sum(e.nbytes(b) for b in (self.x, self.y, self.labels, self.idx) if b is not None)
-        out["work"] += sum(e.nbytes(b) for b in (self.cost_work, self.metric_work, self.acc, self.signal)
-                           if b is not None)
-        return out
-
-    def release(self):
-        for layer in self.layers:
-            layer.release()
-        for name in ("x", "y", "labels", "idx", "cost_work", "metric_work", "acc", "signal"):
-            if getattr(self, name) is not None:
-                self.engine.release(getattr(self, name))
-                setattr(self, name, None)       # nothing stays reachable through a released network
-        self.layers = []
-        self._views = {}
-        self._signal_views = {}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
-
+__all__ = ["Network", "Dense", "TrainingNetwork", "prepare_targets", "index_dtype", "LABEL_DTYPE"]
 
 # -- the network ---------------------------------------------------------------------------
 class Network:
@@ -365,10 +111,10 @@ class Network:
         return "\n".join(lines)
 
     # -- weights --------------------------------------------------------------------
-    def get_weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
+    def get_weights(self) -> list[tuple[np.ndarray, ...]]:
         """[(w, b), ...] as NumPy copies; w is (out, in), b is (out,)."""
         self._check_alive()
-        return [(self.engine.to_host(l.w), self.engine.to_host(l.b)) for l in self.layers]
+        return [tuple(self.engine.to_host(p) for p in layer.params) for layer in self.layers]
 
     def set_weights(self, weights) -> None:
         """Overwrite every layer's weights from [(w, b), ...] (NumPy arrays of the shapes get_weights gives)."""
@@ -396,6 +142,21 @@ class Network:
             for (w, b), layer in zip(checked, self.layers):
                 self.engine.upload(w, layer.w)
                 self.engine.upload(b, layer.b)
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """Every parameter as a NumPy copy, named as in a model file: ``layers.{i}.{name}``."""
+        self._check_alive()
+        return {f"layers.{i}.{name}": self.engine.to_host(p) for i, layer in enumerate(self.layers)
+                for name, p in zip(layer.tensor_names, layer.params)}
+
+    @classmethod
+    def from_file_parts(cls, config: dict, tensors: dict, engine=None, dtype=None) -> Network:
+        """The network a checked model file describes (see densenn.modelfile.read)."""
+        specs = [Dense.from_config(c) for c in config["layers"]]
+        net = cls(config["n_in"], specs, engine=engine, dtype=dtype or config["dtype"], seed=config.get("seed", 0))
+        net.set_weights([tuple(tensors[f"layers.{i}.{name}"] for name in layer.tensor_names)
+                         for i, layer in enumerate(net.layers)])
+        return net
 
     # -- inference ---------------------------------------------------------------------
     def _check_x(self, x, name="x"):
@@ -464,8 +225,6 @@ class Network:
 
     def confusion_matrix(self, x, y) -> np.ndarray:
         """Counts[i, j] of samples of true class i predicted as j."""
-        from densenn.metrics import confusion_matrix
-
         x = self._check_x(x)
         _, labels = prepare_targets(y, x.shape[0], self.n_out)
         if labels is None:
@@ -483,18 +242,21 @@ class Network:
         if t is None or t.batch != batch_size or type(t.cost) is not type(cost) or (gradients and not t.gradients):
             if t is not None:
                 t.release()
-            self._trainer = TrainingNetwork(self, batch_size, cost, gradients)
-        return self._trainer
+            t = self._trainer = TrainingNetwork(self, batch_size, cost, gradients)
+        return t
 
     def fit(self, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=None, **kwargs):
         """Train with mini-batches; returns a :class:`densenn.train.History`. See ``densenn.train.fit``."""
-        from densenn.train import fit
-
         self._check_alive()
         with self._lock:
-            return fit(self, x, y, epochs=epochs, batch_size=batch_size, cost=cost, optimizer=optimizer, **kwargs)
+            return fit(self, x, y, epochs=epochs, batch_size=batch_size, cost=cost, optimizer=optimizer,
+                       rng=self._shuffle_rng, on_begin=self._begin_fit, **kwargs)
 
-    def gradients(self, x, y, cost=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _begin_fit(self, optimizer, history) -> None:
+        # kept for after the fit (and for a fit stopped by Ctrl-C or a divergence)
+        self.optimizer, self.history = optimizer, history
+
+    def gradients(self, x, y, cost=None) -> list[tuple[np.ndarray, ...]]:
         """[(∂C/∂w, ∂C/∂b), ...] of the mean cost over all of (x, y), as NumPy arrays."""
         x = self._check_x(x)
         targets, labels = prepare_targets(y, x.shape[0], self.n_out)
@@ -508,7 +270,7 @@ class Network:
             return [tuple(e.to_host(g) for g in layer.grads) for layer in tn.layers]
 
     # -- engines, memory, saving ---------------------------------------------------------
-    def to_engine(self, engine, dtype=None) -> "Network":
+    def to_engine(self, engine, dtype=None) -> Network:
         """A copy of this network (same weights) on another engine and/or dtype."""
         self._check_alive()
         other = Network(self.n_in, self.specs, engine=engine, dtype=dtype or self.dtype, seed=self.seed)
@@ -517,7 +279,7 @@ class Network:
 
     def nbytes(self) -> dict:
         """Bytes this network owns on its engine: weights, optimizer state, activations, work, total."""
-        out = {"weights": sum(l.nbytes() for l in self.layers),
+        out = {"weights": sum(layer.nbytes() for layer in self.layers),
                "optimizer": self.optimizer.nbytes() if self.optimizer is not None else 0,
                "activations": 0, "gradients": 0, "batch": 0, "work": 0}
         if self._trainer is not None:
@@ -530,9 +292,7 @@ class Network:
         """Write the architecture and weights (and ``extra`` JSON) to one file, atomically.
 
         See ``densenn.io`` for the format. Returns the path."""
-        from densenn.io import save
-
-        return save(self, path, extra)
+        return modelfile.save(self, path, extra)
 
     def release(self):
         """Release all engine memory this network owns; the network is unusable afterwards

@@ -9,12 +9,19 @@ applied to weights only, not biases.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
+from densenn.errors import (
+    DensennError,
+    check_choice,
+    check_float_range,
+    check_positive_float,
+    check_positive_int,
+    describe,
+)
 from densenn.kernels.ops import Map
-from densenn.errors import DensennError, check_choice, check_float_range, check_positive_float, \
-    check_positive_int, describe
 
 
 # -- learning-rate schedules ---------------------------------------------------------
@@ -231,7 +238,7 @@ class Optimizer:
             raise DensennError(f"weight_decay must be a non-negative number, got {describe(weight_decay)}")
         self.weight_decay = float(weight_decay)
         self.schedule = get_schedule(schedule)
-        self.engine = None
+        self.engine: Any = None
         self.state: list[list] = []   # per parameter, the buffers this optimizer keeps
         self._shapes: list[tuple] = []
         self.t = 0                    # updates done
@@ -241,7 +248,7 @@ class Optimizer:
         """How many parameter-shaped buffers each parameter needs."""
         return 0
 
-    def bind(self, engine, params, dtype) -> "Optimizer":
+    def bind(self, engine, params, dtype) -> Optimizer:
         """Allocate state for ``params`` (a list of engine arrays). Idempotent for the same params."""
         shapes = [tuple(p.shape) for p in params]
         if self.engine is engine and self._shapes == shapes:
@@ -290,7 +297,7 @@ class Optimizer:
 
     #: whether every step's update folds into the ∇w GEMMs (``gemm_update`` gives a pair),
     #: so that training needs no ∇w buffers
-    folds_into_gemm = False
+    folds_into_gemm: Any = False
 
     def gemm_update(self, epoch: float = 0.0):
         """``(alpha, beta)`` when this step's update is w ← beta·w + alpha·∇w for every
@@ -358,8 +365,8 @@ class Adam(Optimizer):
         self.beta2 = check_float_range("beta2", beta2, 0.0, 1.0, high_open=True)
         self.eps = check_positive_float("eps", eps)
         self.decoupled = bool(decoupled)
-        self._work = None
-        self._views = []
+        self._work: Any = None
+        self._views: list = []
 
     def slots(self):
         return 2
@@ -439,7 +446,7 @@ def get_optimizer(spec, lr: float | None = None) -> Optimizer:
         name = check_choice("optimizer", spec.pop("name", None), {"sgd", "adam"} | _REGISTERED.keys())
         return _from_config("optimizer", _REGISTERED.get(name) or (SGD if name == "sgd" else Adam), spec)
     check_choice("optimizer", spec, OPTIMIZERS)
-    kwargs = {} if lr is None else {"lr": lr}
+    kwargs: dict[str, Any] = {} if lr is None else {"lr": lr}
     if spec == "momentum":
         return SGD(momentum=0.9, **kwargs)
     if spec == "nesterov":

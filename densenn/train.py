@@ -16,8 +16,8 @@ import numpy as np
 from densenn.cost import get_cost
 from densenn.errors import DensennError, TrainingDiverged, check_matrix, check_positive_int, describe
 from densenn.files import atomic_write
-from densenn.network import index_dtype, prepare_targets
 from densenn.optimizer import Adam, get_optimizer
+from densenn.targets import index_dtype, prepare_targets
 
 
 class History:
@@ -90,7 +90,8 @@ def _progress(total: int, enabled):
 
 
 def fit(net, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=None,
-        validation_data=None, shuffle: bool = True, progress=None, callbacks=(), lr: float | None = None):
+        validation_data=None, shuffle: bool = True, progress=None, callbacks=(), lr: float | None = None,
+        rng=None, on_begin=None):
     """Train ``net`` on (x, y) and return a :class:`History`.
 
     x: ``(n_samples, n_features)``; y: class indices, one-hot rows or real targets.
@@ -102,6 +103,9 @@ def fit(net, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=
     training. If the loss becomes NaN/inf, training stops with
     :class:`TrainingDiverged` and the weights from the start of that epoch
     (the optimizer's momentum/moments are reset: they hold the NaN too).
+    ``rng`` shuffles the batches (Network.fit passes the network's own stream; None: a new
+    one from ``net.seed``); ``on_begin(optimizer, history)`` is called once both exist, before
+    the first step (Network.fit keeps them as ``net.optimizer`` and ``net.history``).
     """
     x = check_matrix("x", x, n_features=net.n_in, dtype=net.dtype)
     n = x.shape[0]
@@ -128,7 +132,6 @@ def fit(net, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=
     e, dt = net.engine, net.dtype
     tn = net.trainer(batch_size, cost, gradients=not optimizer.folds_into_gemm)
     optimizer.bind(e, tn.params, dt)
-    net.optimizer = optimizer
     optimizer.schedule.begin_fit(epochs)
 
     # the whole data set goes to the engine once; batches are gathered there
@@ -140,14 +143,17 @@ def fit(net, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=
 
     steps = math.ceil(n / batch_size)
     history = History()
-    net.history = history
+    if on_begin is not None:
+        on_begin(optimizer, history)
+    if rng is None:
+        rng = np.random.default_rng([net.seed, 1])
     bar = _progress(epochs * steps, progress)
     try:
         for epoch in range(epochs):
             start = time.perf_counter()
             for p, saved in zip(tn.params, backup):
                 e.copy(p, saved)
-            order = (net._shuffle_rng.permutation(n) if shuffle else np.arange(n)).astype(index_dtype(e))
+            order = (rng.permutation(n) if shuffle else np.arange(n)).astype(index_dtype(e))
             tn.read_acc(reset=True)
             for step in range(steps):
                 idx = order[step * batch_size:(step + 1) * batch_size]

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import densenn as dn
-from densenn.activation import Activation, register_activation
+from densenn.activation import ACTIVATIONS, Activation, register_activation
 from densenn.errors import DensennException
 from densenn.kernels.ops import Map
-from densenn.optimizer import Optimizer, register_optimizer
+from densenn.optimizer import _REGISTERED, OPTIMIZERS, Optimizer, register_optimizer
 
 
 class Swish(Activation):
@@ -39,8 +39,14 @@ class SignSGD(Optimizer):
         return {"name": self.name, "lr": self.lr}
 
 
-register_activation(Swish)
-register_optimizer(SignSGD)
+@pytest.fixture(autouse=True)
+def registered(monkeypatch):
+    """Swish and sign SGD known by name for each test here, and forgotten after it (the other
+    test modules go over every registered activation with references of their own)."""
+    monkeypatch.setitem(ACTIVATIONS, Swish.name, Swish)
+    monkeypatch.setitem(OPTIMIZERS, SignSGD.name, SignSGD)
+    monkeypatch.setitem(_REGISTERED, SignSGD.name, SignSGD)
+    assert register_activation(Swish) is Swish and register_optimizer(SignSGD) is SignSGD
 
 
 def _engines():

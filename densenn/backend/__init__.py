@@ -1,4 +1,5 @@
-"""Engines, found by name: ``"cpu"`` (``"cpu:numpy"``, ``"cpu:numba"``), ``"opencl"`` (``"opencl:P:D"``), ``"cuda"`` (``"cuda:N"``).
+"""Engines, found by name: ``"cpu"`` (``"cpu:numpy"``, ``"cpu:numba"``), ``"opencl"``
+(``"opencl:P:D"``), ``"cuda"`` (``"cuda:N"``).
 
 ``get_engine(name)`` returns one shared engine per name; ``None`` means the
 default engine, which is ``$DENSENN_ENGINE`` or ``"cpu"`` unless
@@ -12,9 +13,9 @@ from __future__ import annotations
 import importlib
 import threading
 
-from densenn.config import setting
 from densenn.backend.base import Engine, check_dtype
 from densenn.backend.cpu import CPUEngine
+from densenn.config import setting
 from densenn.errors import DensennError, DensennException, EngineUnavailable
 
 #: engine kind -> (module, factory function taking the text after "kind:")
@@ -48,7 +49,7 @@ def _create(kind: str, arg: str):
         raise EngineUnavailable(
             f"engine {kind!r} needs the Python package {exc.name!r}: "
             f"pip install 'densenn[{kind}]'") from None
-    return getattr(module, factory)(arg)
+    return getattr(module, str(factory))(arg)
 
 
 def get_engine(name=None) -> Engine:
@@ -84,7 +85,7 @@ def set_default_engine(name: str) -> Engine:
 
 def available_engines() -> dict[str, str | None]:
     """Each engine kind → None when it works here, else the reason it does not."""
-    status = {}
+    status: dict[str, str | None] = {}
     for kind in ENGINE_KINDS:
         try:
             get_engine(kind)

@@ -22,6 +22,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from densenn.errors import DensennError
+
 Array = Any  # an engine's array type: numpy.ndarray, pyopencl Array, cupy.ndarray
 
 
@@ -144,8 +146,6 @@ def serialize(engine, extra=(), context=None) -> None:
 
 def check_dtype(engine, dtype) -> np.dtype:
     """The NumPy dtype for ``dtype``, or a DensennError if the engine can't compute in it."""
-    from densenn.errors import DensennError
-
     try:
         dt = np.dtype(dtype)
     except TypeError:

@@ -9,6 +9,7 @@ returns a copy and leaves ``c`` alone, so every call checks that it got ``c`` ba
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 from scipy.linalg import blas
@@ -284,7 +285,7 @@ class CPUEngine:
         extra = coef if typed else (coef,)
         if self._blocks.splits(z):
             bounds = self._blocks.bounds(z.shape[0])
-            part = self._partial_sums(z.dtype, z.shape[1], len(bounds) - 1) if want else None
+            part: Any = self._partial_sums(z.dtype, z.shape[1], len(bounds) - 1) if want else None
             self._blocks.run(lambda lo, hi: kernel(*[x[lo:hi] if s else x for x, s in zip(arrays, split)], *extra,
                                                    part[bounds.index(lo)] if want else self._no_sums[z.dtype]),
                              z.shape[0])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 #: passes over fewer elements than this run on the calling thread
 MIN_SPLIT = 1 << 20
@@ -32,7 +33,7 @@ class _Worker:
     def __init__(self):
         self._go = threading.Semaphore(0)
         self._done = threading.Semaphore(0)
-        self._job = None
+        self._job: Any = None
         self.error: BaseException | None = None
         self.started = self.finished = 0        # jobs handed over / jobs done
         threading.Thread(target=self._loop, name="densenn-rows", daemon=True).start()

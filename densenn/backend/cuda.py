@@ -39,32 +39,20 @@ when the engine cannot run here, and :func:`describe` says so without raising.
 """
 from __future__ import annotations
 
-import importlib
+from typing import Any
 
 import numpy as np
 
-from densenn.config import setting
+from densenn.backend import cuda_graph
 from densenn.backend.base import serialize
+from densenn.backend.cuda_devices import _env_flag, cupy, describe, unavailable_reason
+from densenn.backend.cuda_kernels import _CTYPES, SUM_ROWS, DeclaredOps, _module, sources
 from densenn.errors import DensennError, EngineUnavailable
 from densenn.kernels import gpu
-from densenn.kernels.ops import RowMap
-
-try:
-    import cupy
-except Exception as _exc:  # ImportError, or a CuPy build that cannot load its runtime
-    cupy = None
-    _CUPY_ERROR: Exception | None = _exc
-else:
-    _CUPY_ERROR = None
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
 _FLOATS = (_F32, _F64)
-
-#: NumPy dtype char -> C type, for the kernels that move any dtype (take_rows, labels)
-_CTYPES = {"f": "float", "d": "double", "b": "signed char", "B": "unsigned char", "h": "short",
-           "H": "unsigned short", "i": "int", "I": "unsigned int", "l": "long long",
-           "q": "long long", "L": "unsigned long long", "Q": "unsigned long long", "?": "bool"}
 
 BLOCK = 256             # threads per block of the elementwise and reduction kernels
 WARP = 32
@@ -74,145 +62,7 @@ CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
 CUBLAS_DEFAULT_MATH, CUBLAS_TF32_TENSOR_OP_MATH = 0, 3   # cublasMath_t (cublas_api.h)
 
 
-def _env_flag(name: str) -> bool:
-    return bool(setting(name))
-
-
-# =========================================================================================
-# Kernel sources: the declared operations and the shared ones come from densenn.kernels.gpu;
-# the column sums here are CUDA's own, tiled (one thread per column, as the shared kernel
-# does, would leave most of a GPU idle for a 10-wide output layer)
-# =========================================================================================
-SUM_ROWS = r"""
-/* out[g * m + j] = sum of x[i, j] over the rows i of chunk g = blockIdx.y.
-   Block (32, 8) threads: x over columns (coalesced), y over rows. */
-KERNEL sum_rows_tiled(const T* x, T* out, const I n_rows, const I m, const I ldx, const I chunk) {
-    __shared__ T tile[8][33];
-    const I j = (I)blockIdx.x * blockDim.x + threadIdx.x;
-    const I start = (I)blockIdx.y * chunk;
-    const I stop = (n_rows - start < chunk) ? n_rows : start + chunk;
-    T s = 0;
-    if (j < m)
-        for (I i = start + threadIdx.y; i < stop; i += blockDim.y) s += x[i * ldx + j];
-    tile[threadIdx.y][threadIdx.x] = s;
-    __syncthreads();
-    if (threadIdx.y == 0 && j < m) {
-        T t = 0;
-        for (unsigned int k = 0; k < blockDim.y; ++k) t += tile[k][threadIdx.x];
-        out[(I)blockIdx.y * m + j] = t;
-    }
-}
-
-/* out[j] = sum over g < n_chunks of part[g * m + j]: the second pass of sum_rows_tiled. */
-KERNEL sum_chunks(const T* part, T* out, const I n_chunks, const I m) {
-    const I j = (I)blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= m) return;
-    T s = 0;
-    for (I g = 0; g < n_chunks; ++g) s += part[g * m + j];
-    out[j] = s;
-}
-"""
-
-_MODULES: dict = {}   # program text -> cupy.RawModule (compiled on first use, once per process)
-
-
-def _module(source: str):
-    mod = _MODULES.get(source)
-    if mod is None:
-        mod = _MODULES[source] = cupy.RawModule(code=source)
-    return mod
-
-
-def sources() -> dict[str, str]:
-    """CUDA's own programs, float and double (the NVRTC test compiles them with the shared ones)."""
-    return {f"sum_rows_{ct}": gpu.prelude("cuda", ct) + SUM_ROWS for ct in ("float", "double")}
-
-
-# =========================================================================================
-# Availability
-# =========================================================================================
-def _cuda_version(v: int) -> str:
-    return f"{v // 1000}.{(v % 1000) // 10}"
-
-
-def unavailable_reason(device: int = 0) -> str | None:
-    """None when the CUDA engine can run on ``device`` here, else why not (never raises)."""
-    try:
-        if cupy is None:
-            return f"engine 'cuda' needs CuPy ({_CUPY_ERROR}): pip install 'densenn[cuda]'"
-        try:
-            ok = cupy.cuda.is_available()
-        except Exception as exc:
-            return f"no CUDA device: {type(exc).__name__}: {exc}"
-        if not ok:
-            return "no CUDA device: cupy.cuda.is_available() is False"
-        count = cupy.cuda.runtime.getDeviceCount()
-        if not 0 <= device < count:
-            return f"no CUDA device {device}: this machine has {count} (cuda:0 to cuda:{count - 1})"
-        try:
-            importlib.import_module("cupy_backends.cuda.libs.cublas")   # loads libcublas
-        except Exception as exc:
-            return (f"CuPy cannot load cuBLAS ({exc}); install the CUDA libraries: "
-                    "pip install 'cupy-cuda12x[ctk]' (or the toolkit)")
-        try:
-            cupy.cuda.nvrtc.getVersion()
-        except Exception as exc:
-            return (f"CuPy cannot load NVRTC, which compiles the kernels ({exc}); "
-                    "pip install 'cupy-cuda12x[ctk]' (or the toolkit)")
-        return None
-    except Exception as exc:  # a broken driver must not break `densenn info`
-        return f"CUDA check failed: {type(exc).__name__}: {exc}"
-
-
-def describe() -> dict:
-    """What ``densenn info`` shows for CUDA: whether it works, and on what. Never raises."""
-    info: dict = {"engine": "cuda", "available": False, "reason": None, "cupy": None,
-                  "cuda_runtime": None, "cuda_driver": None, "nvrtc": None,
-                  "tf32_default": _env_flag("DENSENN_TF32"), "devices": []}
-    try:
-        if cupy is None:
-            info["reason"] = unavailable_reason()
-            return info
-        info["cupy"] = cupy.__version__
-        for key, get in (("cuda_runtime", lambda: cupy.cuda.runtime.runtimeGetVersion()),
-                         ("cuda_driver", lambda: cupy.cuda.runtime.driverGetVersion())):
-            try:
-                version = int(get())
-                info[key] = _cuda_version(version) if version > 0 else None
-            except Exception:
-                pass
-        try:
-            info["nvrtc"] = ".".join(str(v) for v in cupy.cuda.nvrtc.getVersion())
-        except Exception:
-            pass
-        reason = unavailable_reason()
-        if reason is not None and not reason.startswith("CuPy cannot"):
-            info["reason"] = reason
-            return info
-        for i in range(cupy.cuda.runtime.getDeviceCount()):
-            dev: dict = {"id": i}
-            try:
-                props = cupy.cuda.runtime.getDeviceProperties(i)
-                name = props.get("name", b"")
-                dev["name"] = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
-                dev["memory_bytes"] = int(props.get("totalGlobalMem", 0))
-                dev["compute_capability"] = f"{props.get('major', '?')}.{props.get('minor', '?')}"
-                dev["multiprocessors"] = int(props.get("multiProcessorCount", 0))
-                with cupy.cuda.Device(i):
-                    free, total = cupy.cuda.runtime.memGetInfo()
-                dev["free_bytes"] = int(free)
-            except Exception as exc:
-                dev["error"] = f"{type(exc).__name__}: {exc}"
-            info["devices"].append(dev)
-        info["reason"] = reason
-        info["available"] = reason is None
-    except Exception as exc:
-        info["available"] = False
-        info["reason"] = f"{type(exc).__name__}: {exc}"
-    return info
-
-
-def create_engine(arg: str = "") -> "CUDAEngine":
+def create_engine(arg: str = "") -> CUDAEngine:
     """The engine for ``get_engine("cuda")`` (arg ``""``) or ``get_engine("cuda:N")`` (arg ``"N"``)."""
     arg = (arg or "").strip()
     if arg == "":
@@ -240,7 +90,7 @@ def _rowmajor_ld(x, item: int):
     return s0 // item
 
 
-class CUDAEngine:
+class CUDAEngine(DeclaredOps):
     """CuPy arrays on one CUDA device; cuBLAS for GEMMs; fused kernels for the rest.
 
     ``device``: the CUDA device number. ``tf32`` (default ``$DENSENN_TF32``, off):
@@ -276,9 +126,9 @@ class CUDAEngine:
         self._fns: dict = {}          # (program text, kernel name) -> RawKernel
         self._scratch: dict = {}      # (purpose, dtype) -> device buffer, grown on demand
         self._ones: dict = {}
-        self._idx_dev = None          # device int64 buffer for take_rows
-        self._idx_host = None         # the indices it holds (host copy), to upload once per batch
-        self._graph_blas = None       # cuda_graph.CtypesCublas, created on first use
+        self._idx_dev: Any = None     # device int64 buffer for take_rows
+        self._idx_host: Any = None    # the indices it holds (host copy), to upload once per batch
+        self._graph_blas: Any = None  # cuda_graph.CtypesCublas, created on first use
         self._capture_stream = None
         self._capturing = False       # while a CUDA graph is being recorded
         self.graph_gemm = bool(graph_gemm)
@@ -642,69 +492,10 @@ class CUDAEngine:
             self._ones[dt] = cupy.ones(max(n, 1), dtype=dt)
         return self._ones[dt][:n]
 
-    # -- declared operations (see densenn.kernels.ops) -------------------------------------------
-    def can(self, op) -> bool:
-        """Whether this engine runs ``op`` (every Map and Sum; a RowMap with a C body)."""
-        return gpu.can(op)
-
-    def _op(self, op, arrays, scalars):
-        """(kernel, arguments, rows, cols) of ``op`` on these arrays, checked."""
-        if not self.can(op):
-            raise DensennError(f"engine {self.name!r} has no kernel for {op.name!r} (it declares no C body)")
-        if len(arrays) != len(op.arrays) or len(scalars) != len(op.scalars):
-            raise DensennError(f"{op.name}: takes arrays ({', '.join(op.array_names)}) and scalars "
-                               f"({', '.join(op.scalars)}), got {len(arrays)} arrays and {len(scalars)} scalars")
-        self._check(*arrays)
-        dt = arrays[0].dtype
-        if dt not in _FLOATS:
-            raise DensennError(f"{op.name}: needs float32 or float64 arrays, got {dt}")
-        args, ltype = [], "int"
-        for (name, role), x in zip(op.arrays, arrays):
-            if not x._c_contiguous:
-                raise DensennError(f"{op.name}: {name} must be C-contiguous, got strides {x.strides}")
-            if role == "index":
-                ltype = _CTYPES.get(x.dtype.char)
-                if x.dtype.kind not in "iu" or ltype is None:
-                    raise DensennError(f"{op.name}: {name} must be integers, got {x.dtype}")
-            elif x.dtype != dt:
-                raise DensennError(f"{op.name}: {name} must be {dt}, got {x.dtype}")
-            args += [x, _I(0)]
-        first = arrays[op.array_names.index(op.writes[0])] if op.writes else arrays[0]
-        rows, cols = (first.shape[0], first.shape[1]) if first.ndim == 2 else (first.size, 1)
-        for (name, role), x in zip(op.arrays, arrays):
-            expected = cols if role == "col" else (rows if role == "index" else first.size)
-            if x.size != expected:
-                raise DensennError(f"{op.name}: {name} must have {expected} elements, got shape {x.shape}")
-        fn = self._fn(gpu.program("cuda", self._ctype(dt), op, ltype=ltype), op.name)
-        return fn, args + [dt.type(v) for v in scalars], rows, cols, first
-
-    def map(self, op, arrays, scalars=(), work=None, sums=None):
-        """Run Map or RowMap ``op`` (one kernel; ``work`` is not needed); with ``sums``, also
-        sums = Σ rows of the first written array."""
-        fn, args, rows, cols, first = self._op(op, arrays, scalars)
-        n = rows if isinstance(op, RowMap) else first.size
-        if n and cols:
-            self._launch(fn, n, args + [_I(cols), _I(n)])
-        if sums is not None:
-            self.sum_rows(first, sums)
-
-    def reduce(self, op, arrays, scalars, acc, work=None):
-        """acc[0] += Σ of Sum ``op``'s terms, reduced on the device in one block."""
-        fn, args, rows, cols, first = self._op(op, arrays, scalars)
-        self._check(acc)
-        if acc.size < 1 or acc.dtype != first.dtype or not acc._c_contiguous:
-            raise DensennError(f"acc must be a contiguous {first.dtype} device array, got {acc.shape} {acc.dtype}")
-        if cols and rows:
-            fn((1,), (gpu.GROUP,), tuple(args + [acc, _I(0), _I(cols), _I(rows if op.rows else first.size)]))
-            self.launches += 1
-        return acc
-
     # -- CUDA graphs ------------------------------------------------------------------------------------
     def _graph_blas_handle(self):
         if self._graph_blas is None:
-            from densenn.backend.cuda_graph import CtypesCublas
-
-            self._graph_blas = CtypesCublas(self)
+            self._graph_blas = cuda_graph.CtypesCublas(self)
             self._graph_blas.set_math_mode(CUBLAS_TF32_TENSOR_OP_MATH if self._tf32 else CUBLAS_DEFAULT_MATH)
         return self._graph_blas
 
@@ -717,9 +508,7 @@ class CUDAEngine:
         (learning rate, Adam's step size) are frozen at their recorded values; host
         transfers (take_rows, upload, to_host) are refused while recording.
         """
-        from densenn.backend.cuda_graph import capture
-
-        return capture(self, fn, warmup=warmup)
+        return cuda_graph.capture(self, fn, warmup=warmup)
 
 
-__all__ = ["CUDAEngine", "create_engine", "describe", "unavailable_reason"]
+__all__ = ["CUDAEngine", "create_engine", "describe", "unavailable_reason", "sources"]

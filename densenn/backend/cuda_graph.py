@@ -35,6 +35,7 @@ import ctypes
 import ctypes.util
 import importlib
 import re
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ _STATUS = {0: "CUBLAS_STATUS_SUCCESS", 1: "CUBLAS_STATUS_NOT_INITIALIZED", 3: "C
 #: cuBLAS workspace for the graph handle, MiB (NVIDIA recommends 32 MiB on Hopper for graphs)
 DEFAULT_WORKSPACE_MB = 32
 
-_LIB = None
+_LIB: Any = None
 
 
 def find_libcublas() -> str | None:
@@ -106,7 +107,7 @@ def load_libcublas():
         lib.cublasSetWorkspace_v2.restype = i
     except AttributeError:
         pass
-    lib._densenn_path = path
+    lib._densenn_path = path  # type: ignore[attr-defined]
     _LIB = lib
     return lib
 
@@ -141,7 +142,7 @@ class CtypesCublas:
                 self.workspace = cupy.empty(size, dtype=np.uint8)
                 _check(self.lib.cublasSetWorkspace_v2(self.handle, self.workspace.data.ptr, size),
                        "cublasSetWorkspace_v2")
-        self._stream = None
+        self._stream: Any = None
         self._gemm = {np.dtype(np.float32): self.lib.cublasSgemm_v2, np.dtype(np.float64): self.lib.cublasDgemm_v2}
 
     def set_math_mode(self, mode: int) -> None:

@@ -47,7 +47,8 @@ class Body:
     @property
     def read(self) -> set[str]:
         """The names read before (or without) being assigned: the arrays a kernel must load."""
-        out, assigned = set(), set()
+        out: set[str] = set()
+        assigned: set[str] = set()
         for target, value in self.statements:
             out |= {n.id for n in ast.walk(value) if isinstance(n, ast.Name)} - assigned
             assigned.add(target)
@@ -103,7 +104,7 @@ _FORBIDDEN = (ast.Pow, ast.FloorDiv, ast.Mod, ast.MatMult, ast.BitAnd, ast.BitOr
 # -- C --------------------------------------------------------------------------------------
 def c_expr(node) -> str:
     """One expression in C, of type T."""
-    if isinstance(node, ast.Constant):
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
         return f"(T){float(node.value)!r}"
     if isinstance(node, ast.Name):
         return node.id
@@ -114,15 +115,15 @@ def c_expr(node) -> str:
         return f"({op}{c_expr(node.operand)})"
     if isinstance(node, ast.Compare):
         parts, left = [], node.left
-        for op, right in zip(node.ops, node.comparators):
-            parts.append(f"({c_expr(left)} {_C_CMPOPS[type(op)]} {c_expr(right)})")
+        for cmp, right in zip(node.ops, node.comparators):
+            parts.append(f"({c_expr(left)} {_C_CMPOPS[type(cmp)]} {c_expr(right)})")
             left = right
         return "(" + " && ".join(parts) + ")"
     if isinstance(node, ast.BoolOp):
         return "(" + (" && " if isinstance(node.op, ast.And) else " || ").join(c_expr(v) for v in node.values) + ")"
     if isinstance(node, ast.IfExp):
         return f"({c_expr(node.test)} ? {c_expr(node.body)} : {c_expr(node.orelse)})"
-    if isinstance(node, ast.Call):
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         return f"{FUNCTIONS[node.func.id][0]}({', '.join(c_expr(a) for a in node.args)})"
     raise DensennError(f"cannot write {ast.unparse(node)!r} in C")  # parse() lets nothing else through
 

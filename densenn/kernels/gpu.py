@@ -93,7 +93,7 @@ def _row_pointers(op) -> str:
 def row_source(op: RowMap) -> str:
     """``op.c_body`` once per row, for n rows of ``cols`` values."""
     return (f"KERNEL {op.name}({_params(op)}, const I cols, const I n)\n{{\n"
-            "    FOR_EACH(r, n) {\n" + _row_pointers(op) + "\n" + _indent(op.c_body, 8) + "\n    }\n}\n")
+            "    FOR_EACH(r, n) {\n" + _row_pointers(op) + "\n" + _indent(op.c_body or "", 8) + "\n    }\n}\n")
 
 
 _GROUP_SUM = """\

@@ -83,5 +83,5 @@ def numpy_form(arrays: str, scalars: str, body: str):
             for target, compiled in code:
                 env[target] = eval(compiled, env)      # noqa: S307 (our own parsed body)
         for n in writes:
-            np.copyto(args[names.index(n)], env[n], casting="unsafe")
+            np.copyto(args[names.index(n)], env[n], casting="unsafe")  # type: ignore[arg-type]
     return run

@@ -25,8 +25,9 @@ scratch, split into row blocks with the arrays.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 from densenn.errors import DensennError
 from densenn.kernels import expr
@@ -56,9 +57,10 @@ def _roles(spec) -> tuple[tuple[str, str], ...]:
 @dataclass(eq=False)
 class _Op:
     name: str
-    arrays: tuple = ()
-    writes: tuple = ()
-    scalars: tuple = ()
+    # given as "z b:col a" (or a tuple of names); kept as tuples
+    arrays: Any = ()
+    writes: Any = ()
+    scalars: Any = ()
     numpy: Callable | None = None
     #: the arrays' names, in order (kept: the engines ask on every call)
     array_names: tuple = field(init=False, repr=False, default=())
@@ -148,7 +150,7 @@ class Sum(_Op):
 
     body: str = ""
     rows: bool = False
-    parsed: expr.Body | None = field(init=False, repr=False, default=None)
+    parsed: Any = field(init=False, repr=False, default=None)
 
     def __post_init__(self):
         super().__post_init__()
