@@ -182,9 +182,10 @@ def check_mlp(m, rows=128) -> float:
 
 
 # -- the per-operation breakdown ----------------------------------------------------------------------
-ENGINE_OPS = ("gemm", "bias_activ", "activ", "add_bias", "delta", "prime", "sum_rows", "diff", "cost_value",
-              "cost_gradient", "count_correct", "take_rows", "upload", "sgd_update", "adam_update", "axpy",
-              "scal", "copy", "fill")
+#: the engine protocol's operations; activations, costs, optimizers and metrics run through
+#: map/reduce of their declared operations, labelled by the operation's name
+ENGINE_OPS = ("gemm", "add_bias", "sum_rows", "take_rows", "upload", "axpy", "scal", "copy", "fill", "map",
+              "reduce")
 
 
 def _shape(x):
@@ -200,12 +201,8 @@ def _op_label(name, args, kw):
             k = a.shape[0] if ta else a.shape[1]
             kind = "dw" if ta else ("fwd" if tb else "sig")
             return gemm_label(kind, c.shape[0], c.shape[1], k)
-        if name in ("bias_activ", "activ", "delta", "prime"):
-            return f"{name} {args[0].name} {_shape(args[1])}"
-        if name in ("sgd_update", "adam_update"):
-            return f"{name} {_shape(args[0])}"
-        if name in ("cost_value", "cost_gradient"):
-            return f"{name} {args[0].name} {_shape(args[1])}"
+        if name in ("map", "reduce"):
+            return f"{args[0].name} {_shape(args[1][0])}"
         if name == "take_rows":
             return f"take_rows (gather) {_shape(args[2])}"
         return f"{name} {_shape(args[0])}"
