@@ -9,12 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
 import common
+import numpy as np
+import step_overhead as so
 from common import fmt, ratio, table
 from peers import MLP_LR, log, torch_model, torch_trainer, try_torch
-import step_overhead as so
 
 import densenn as dn
 from densenn import seedbench

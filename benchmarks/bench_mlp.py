@@ -1,15 +1,26 @@
 """run.py's section ``mlp``: the MLP 784-1024-1024-10 SGD step and forward pass beside its peers."""
 from __future__ import annotations
 
-import numpy as np
-
 import common
-from common import fmt, interleaved, ratio, table
-from peers import MLP_LR, jax_mlp, log, quiet_sklearn, sklearn_clf, target_rounds, torch_model, torch_trainer, \
-    try_jax, try_sklearn, try_torch
+import numpy as np
 import step_overhead as so
+from common import fmt, interleaved, ratio, table
+from peers import (
+    MLP_LR,
+    jax_mlp,
+    log,
+    quiet_sklearn,
+    sklearn_clf,
+    target_rounds,
+    torch_model,
+    torch_trainer,
+    try_jax,
+    try_sklearn,
+    try_torch,
+)
 
 import densenn as dn
+
 
 def section_mlp(args, res):
     torch, why = try_torch()

@@ -4,14 +4,14 @@ from __future__ import annotations
 import gc
 import time
 
-import numpy as np
-
 import common
+import numpy as np
+import step_overhead as so
 from common import table
 from peers import jax_mlp, log, quiet_sklearn, sklearn_clf, torch_model, try_jax, try_sklearn, try_torch
-import step_overhead as so
 
 import densenn as dn
+
 
 def section_mnist(args, res):
     from densenn.datasets import load_mnist

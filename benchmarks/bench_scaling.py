@@ -5,11 +5,12 @@ import os
 from pathlib import Path
 
 import common
+import step_overhead as so
 from common import fmt, interleaved, ratio, table
 from peers import MLP_LR, log, torch_model, torch_trainer, try_torch
-import step_overhead as so
 
 import densenn as dn
+
 
 def section_scaling(args, res):
     torch, why = try_torch()

@@ -1,12 +1,11 @@
 """run.py's section ``seed``: the seed's micro-benchmark (``densenn.seedbench``) beside its peers."""
 from __future__ import annotations
 
-import numpy as np
-
 import common
+import numpy as np
+import step_overhead as so
 from common import fmt, interleaved, ratio, table
 from peers import log, target_rounds, torch_model, try_jax, try_torch
-import step_overhead as so
 
 from densenn import seedbench
 

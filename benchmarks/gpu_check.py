@@ -53,8 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from densenn import seedbench  # noqa: E402  (after the path: the checkout's densenn)
-from densenn.network import Dense, Network  # noqa: E402
-from densenn.optimizer import SGD, Adam  # noqa: E402
+from densenn.nn.network import Dense, Network  # noqa: E402
+from densenn.optim import SGD, Adam  # noqa: E402
 
 TARGETS = {  # PERFORMANCE.md (H100): ratio targets vs PyTorch, or absolute
     "seed_fp32": "≤ 1.03 × PyTorch",
@@ -142,8 +142,8 @@ def self_check(e, cupy):
     its ``predict``, ``evaluate``, ``gradients`` and ``fit`` (TrainingNetwork's step, the
     fused softmax + cross-entropy output included), and the seed's step (``densenn.seedbench``).
     """
-    from densenn.activation import ACTIVATIONS, ELU, LeakyReLU
     from densenn.backend.cpu import CPUEngine
+    from densenn.nn.activation import ACTIVATIONS, ELU, LeakyReLU
 
     log("== engine self-check (vs the CPU engine in float64; array operations with outputs poisoned with NaN, "
         "the rest through densenn.Network on both engines)")
@@ -712,10 +712,10 @@ def mnist_bench(e, cupy, torch):
     import torch.nn.functional as F
 
     try:
-        from densenn.network import Dense, Network
-        from densenn.optimizer import Adam
+        from densenn.nn.network import Dense, Network
+        from densenn.optim import Adam
     except Exception as exc:
-        log(f"== (4) MNIST epoch: skipped, densenn.network is not usable ({exc})")
+        log(f"== (4) MNIST epoch: skipped, densenn.nn.network is not usable ({exc})")
         RESULTS["notes"].append(f"MNIST epoch skipped: {exc}")
         return
     xtr, ytr, xte, yte, source = load_mnist_data()

@@ -28,13 +28,13 @@ import time
 import traceback
 from pathlib import Path
 
-import common
-from common import fmt, ratio, table
 import bench_memory
 import bench_mlp
 import bench_mnist
 import bench_scaling
 import bench_seed
+import common
+from common import fmt, ratio, table
 from peers import log
 
 SECTIONS = ("mlp", "seed", "mnist", "scaling", "memory")

@@ -39,9 +39,8 @@ import time
 from collections import defaultdict
 from types import SimpleNamespace
 
-import numpy as np
-
 import common
+import numpy as np
 from common import interleaved, table
 
 import densenn as dn

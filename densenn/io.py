@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from densenn.modelfile import FORMAT, FORMAT_VERSION, READ_VERSIONS, _digest_v1, load_extra, read, save
-from densenn.network import Network
+from densenn.nn.network import Network
 
 __all__ = ["save", "load", "read", "load_extra", "FORMAT", "FORMAT_VERSION", "READ_VERSIONS", "_digest_v1"]
 

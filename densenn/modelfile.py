@@ -36,11 +36,11 @@ import stat
 import numpy as np
 from safetensors.numpy import save as st_save
 
-from densenn.activation import ACTIVATIONS, Activation
 from densenn.errors import DensennError, check_choice, check_nonnegative_int, check_positive_int, describe
 from densenn.files import write_bytes
-from densenn.init import INITIALIZERS
-from densenn.layer import Dense
+from densenn.nn.activation import ACTIVATIONS, Activation
+from densenn.nn.dense import Dense
+from densenn.nn.init import INITIALIZERS
 
 FORMAT = "densenn"
 FORMAT_VERSION = 2

@@ -34,7 +34,7 @@ import numpy as np
 
 from densenn.backend import check_dtype, get_engine
 from densenn.errors import DensennError
-from densenn.network import Dense, Network, TrainingNetwork
+from densenn.nn.network import Dense, Network, TrainingNetwork
 
 #: the activations of the three layers
 ACTIVATIONS = ("tanh", "sigmoid", "sigmoid")

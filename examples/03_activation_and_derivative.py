@@ -9,7 +9,7 @@ layer uses them:
   derivative, so f'(z) overwrites it.
 
 and the backward pass's one-liner ``(mul! (prime activ-fn z) a)``: delta =
-f'(z) ∘ a, into z. densenn's ``ActivationFn`` (densenn/activation.py) is the
+f'(z) ∘ a, into z. densenn's ``ActivationFn`` (densenn/nn/activation.py) is the
 seed's ``SigmoidActivation``/``TanhActivation`` object: an activation bound to an
 engine plus the working memory it needs for one batch size. Its methods are
 ``activ(z, a)``, ``prime(z)`` and ``delta(z, a)``.
@@ -28,8 +28,8 @@ import sys
 import numpy as np
 
 import densenn as dn
-from densenn.activation import ActivationFn, get_activation
 from densenn.backend import check_dtype
+from densenn.nn.activation import ActivationFn, get_activation
 
 
 def fresh(engine, host, dtype):
@@ -174,7 +174,7 @@ def part2_all_activations(engine, dtype):
         print(f"{'':<11} activ kept z: {kept}; |prime − finite diff.| {err_prime:.1e}; "
               f"|delta − f'∘g| {err_delta:.1e}" + ("" if act.elementwise else " (full Jacobian)"))
         print(f"{'':<11} working memory for batch {batch}: {work}")
-        print(f"{'':<11} why: {WHY_WORK.get(name, '(see densenn/activation.py)')}")
+        print(f"{'':<11} why: {WHY_WORK.get(name, '(see densenn/nn/activation.py)')}")
         fn.release()
     status = "ok" if worst < tol else "TOO LARGE"
     print(f"\nlargest derivative error over all activations: {worst:.1e} ({status}: < {tol:g} in {dtype})")

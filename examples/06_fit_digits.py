@@ -32,7 +32,7 @@ from sklearn.model_selection import train_test_split
 
 import densenn as dn
 from densenn.io import load_extra
-from densenn.metrics import format_confusion_matrix
+from densenn.nn.metrics import format_confusion_matrix
 
 
 def main(argv=None):

@@ -1,6 +1,6 @@
 """Activations: activ/prime/delta against independent float64 NumPy references.
 
-Every activation in ``densenn.activation.ACTIVATIONS`` (plus non-default
+Every activation in ``densenn.nn.activation.ACTIVATIONS`` (plus non-default
 parameters where an activation has one) is checked
 
 * through its NumPy kernels (``np_activ``/``np_prime``/``np_delta``, with and
@@ -19,11 +19,11 @@ import warnings
 import numpy as np
 import pytest
 
-from densenn.backend import cpu_fused
 import densenn as dn
-from densenn.activation import ELU, ACTIVATIONS, ActivationFn, LeakyReLU, get_activation
 from densenn.backend import get_engine
-from densenn.backend.cpu_fused import AVAILABLE as NUMBA
+from densenn.backend.cpu import fused as cpu_fused
+from densenn.backend.cpu.fused import AVAILABLE as NUMBA
+from densenn.nn.activation import ACTIVATIONS, ELU, ActivationFn, LeakyReLU, get_activation
 
 ENGINES = ["cpu:numpy"] + (["cpu:numba"] if NUMBA else [])
 DTYPES = [np.float32, np.float64]

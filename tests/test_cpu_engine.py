@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 
 import densenn as dn
-from densenn.backend import cpu_fused, cpu_mkl, get_engine
+from densenn.backend import get_engine
 from densenn.backend.cpu import CPUEngine
+from densenn.backend.cpu import fused as cpu_fused
+from densenn.backend.cpu import mkl as cpu_mkl
 from densenn.errors import DensennError
-from densenn.network import TrainingNetwork, prepare_targets
-from densenn.optimizer import ADAM_UPDATE, NESTEROV_UPDATE, adam_update, sgd_update
+from densenn.nn.network import TrainingNetwork, prepare_targets
+from densenn.optim import ADAM_UPDATE, NESTEROV_UPDATE, adam_update, sgd_update
 
 needs_numba = pytest.mark.skipif(not cpu_fused.AVAILABLE, reason="the fused kernels need Numba (not installed)")
 HAS_MKL = cpu_mkl.load() is not None

@@ -1,4 +1,4 @@
-"""The CPU engine's large passes in row blocks on several threads (densenn.backend.cpu_threads).
+"""The CPU engine's large passes in row blocks on several threads (densenn.backend.cpu.threads).
 
 Real passes only split above a million elements; here the threshold is lowered so
 that small arrays split too, and every split operation must give what the same
@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 
 import densenn as dn
-from densenn.activation import ActivationFn, get_activation
-from densenn.backend import cpu_threads
 from densenn.backend.cpu import CPUEngine
-from densenn.backend.cpu_fused import AVAILABLE as NUMBA
-from densenn.optimizer import sgd_update
-from densenn.optimizer import adam_update
+from densenn.backend.cpu import threads as cpu_threads
+from densenn.backend.cpu.fused import AVAILABLE as NUMBA
+from densenn.nn.activation import ActivationFn, get_activation
+from densenn.optim import adam_update, sgd_update
 
 FUSED = [True, False] if NUMBA else [False]
 
@@ -220,7 +219,7 @@ def test_a_forked_child_trains_after_the_parent_used_every_thread_pool(split_eve
     them waited for them forever; now it recreates or does without them."""
     import multiprocessing
 
-    from densenn.backend import cpu_fused
+    from densenn.backend.cpu import fused as cpu_fused
 
     monkeypatch.setattr(cpu_fused, "OMP_MIN", 1)        # the OpenMP updates run for any size
     queue = multiprocessing.get_context("fork").SimpleQueue()

@@ -22,13 +22,11 @@ import numpy as np
 import pytest
 from scipy import special
 
-from densenn.activation import ACTIVATIONS, ActivationFn, ELU, LeakyReLU, Sigmoid
-from densenn.cost import COSTS
 from densenn.errors import DensennError
-from densenn.optimizer import sgd_update
-from densenn.optimizer import adam_update
-from densenn.metrics import count_correct
-from densenn.cost import diff
+from densenn.nn.activation import ACTIVATIONS, ELU, ActivationFn, LeakyReLU, Sigmoid
+from densenn.nn.cost import COSTS, diff
+from densenn.nn.metrics import count_correct
+from densenn.optim import adam_update, sgd_update
 
 DTYPES = ("float32", "float64")
 #: where an operation's arrays sit in their buffers (see the module docstring)
@@ -728,7 +726,8 @@ def test_opencl_list_devices(opencl):
 
 
 def test_opencl_device_selection(opencl, monkeypatch):
-    from densenn.backend import get_engine, opencl as module
+    from densenn.backend import get_engine
+    from densenn.backend import opencl as module
 
     with pytest.raises(DensennError, match="no OpenCL device 9:9.*devices here: 0:0"):
         get_engine("opencl:9:9")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import densenn as dn
-from densenn.activation import ACTIVATIONS, Activation, register_activation
 from densenn.errors import DensennException
 from densenn.kernels.ops import Map
-from densenn.optimizer import _REGISTERED, OPTIMIZERS, Optimizer, register_optimizer
+from densenn.nn.activation import ACTIVATIONS, Activation, register_activation
+from densenn.optim import _REGISTERED, OPTIMIZERS, Optimizer, register_optimizer
 
 
 class Swish(Activation):

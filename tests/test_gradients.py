@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import densenn as dn
-from densenn.activation import ELU, ACTIVATIONS, LeakyReLU, get_activation
-from densenn.backend.cpu_fused import AVAILABLE as NUMBA
-from densenn.network import TrainingNetwork
+from densenn.backend.cpu.fused import AVAILABLE as NUMBA
+from densenn.nn.activation import ACTIVATIONS, ELU, LeakyReLU, get_activation
+from densenn.nn.network import TrainingNetwork
 
 ENGINES = ["cpu:numpy"] + (["cpu:numba"] if NUMBA else [])
 HIDDEN = list(ACTIVATIONS) + [LeakyReLU(0.2), ELU(0.5)]
@@ -256,7 +256,7 @@ def test_check_gradients_catches_a_wrong_gradient(monkeypatch):
 
 
 def test_check_gradients_samples_large_parameters():
-    from densenn.gradcheck import numerical_gradients
+    from densenn.nn.gradcheck import numerical_gradients
 
     net = dn.Network(30, [dn.Dense(20, "tanh"), dn.Dense(2, "softmax")], dtype="float64", seed=0)
     x = np.random.default_rng(0).normal(size=(5, 30))

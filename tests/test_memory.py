@@ -324,7 +324,7 @@ def test_other_activations_and_costs_allocate_nothing(engine, acts, cost):
 
 def test_the_profiler_finds_an_allocation(monkeypatch):
     """The diagnosis itself: a kernel made to allocate is named, and is not blamed on the engine."""
-    from densenn.activation import ReLU
+    from densenn.nn.activation import ReLU
 
     def allocating_delta(self, z, a, work=None):
         np.multiply(z > 0, a, out=z)          # a (batch, n) boolean temporary

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import densenn as dn
-from densenn.layer import FoldedSGDDense
 from densenn import io as dn_io
+from densenn.nn.dense import FoldedSGDDense
 
 # -- data -----------------------------------------------------------------------------------------
 
@@ -345,7 +345,7 @@ def trained(digits):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_save_load_round_trip(dtype, tmp_path, digits):
-    net = dn.Network(64, [dn.Dense(16, dn.activation.LeakyReLU(0.2)), dn.Dense(10, "softmax")],
+    net = dn.Network(64, [dn.Dense(16, dn.LeakyReLU(0.2)), dn.Dense(10, "softmax")],
                      dtype=dtype, seed=4)
     net.fit(digits["x_train"][:200], digits["y_train"][:200], epochs=1, progress=False)
     path = tmp_path / "model.dn"
@@ -353,7 +353,7 @@ def test_save_load_round_trip(dtype, tmp_path, digits):
     loaded = dn.load(path)
     assert loaded.dtype == np.dtype(dtype)
     assert loaded.config() == net.config()
-    assert loaded.layers[0].activation == dn.activation.LeakyReLU(0.2)
+    assert loaded.layers[0].activation == dn.LeakyReLU(0.2)
     np.testing.assert_array_equal(loaded.predict(digits["x_test"]), net.predict(digits["x_test"]))
     assert weights_equal(loaded.get_weights(), net.get_weights())
     assert dn_io.load_extra(path) == {"mean": [1.5, 2.0], "note": "digits"}

@@ -15,8 +15,8 @@ import pytest
 
 import densenn as dn
 from densenn.backend import get_engine
-from densenn.backend.cpu_fused import AVAILABLE as NUMBA
-from densenn.optimizer import Constant, get_schedule
+from densenn.backend.cpu.fused import AVAILABLE as NUMBA
+from densenn.optim import Constant, get_schedule
 
 ENGINES = ["cpu:numpy"] + (["cpu:numba"] if NUMBA else [])
 DTYPES = [np.float64, np.float32]

@@ -12,12 +12,12 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import load_engine
 
 import densenn as dn
-from densenn.activation import ACTIVATIONS, ActivationFn
 from densenn.backend import get_engine
 from densenn.backend.cpu import CPUEngine
-from conftest import load_engine
+from densenn.nn.activation import ACTIVATIONS, ActivationFn
 
 ARCH = [dn.Dense(256, "relu"), dn.Dense(256, "relu"), dn.Dense(10, "softmax")]
 
@@ -134,7 +134,7 @@ def test_two_fits_of_one_network_in_two_threads_take_turns():
 
 
 def test_row_blocks_used_from_two_threads_cover_every_row():
-    from densenn.backend.cpu_threads import RowBlocks
+    from densenn.backend.cpu.threads import RowBlocks
 
     blocks = RowBlocks(threads=2)
     out = [np.zeros(100_000, np.int64) for _ in range(2)]

@@ -378,7 +378,7 @@ def test_edits_of_a_version_2_file_fail_its_checksum(tmp_path):
 
 
 def test_version_1_files_still_load(tmp_path):
-    net = small_net(seed=6, activation=dn.activation.LeakyReLU(0.2), dtype="float64")
+    net = small_net(seed=6, activation=dn.LeakyReLU(0.2), dtype="float64")
     path = tmp_path / "old.dn"
     write_v1(path, net.config(), tensors_of(net), extra=json.dumps({"mean": [1.5]}))
     assert header_of(path.read_bytes())["__metadata__"]["format_version"] == "1"

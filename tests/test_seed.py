@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import densenn as dn
-from densenn.activation import ActivationFn, get_activation
 from densenn.backend import get_engine
-from densenn.backend.cpu_fused import AVAILABLE as NUMBA
+from densenn.backend.cpu.fused import AVAILABLE as NUMBA
+from densenn.nn.activation import ActivationFn, get_activation
 
 ENGINES = ["cpu:numpy"] + (["cpu:numba"] if NUMBA else [])
 DTYPES = [np.float32, np.float64]

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from densenn.errors import DensennError
-from densenn.optimizer import OPTIMIZERS, SCHEDULES
+from densenn.optim import OPTIMIZERS, SCHEDULES
 
 PROG = "densenn"
 CLI_FORMAT = 1          # version of the "cli" block this command stores in a model's extra

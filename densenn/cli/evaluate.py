@@ -10,7 +10,7 @@ from densenn.errors import DensennError
 
 def cmd_evaluate(args) -> int:
     from densenn.io import load, load_extra
-    from densenn.metrics import format_confusion_matrix
+    from densenn.nn.metrics import format_confusion_matrix
 
     extra = load_extra(args.model)           # DensennError for a missing or broken file
     net = load(args.model, engine=_engine(args.engine))

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from densenn.backend.cpu_threads import usable_cores
+from densenn.backend.cpu.threads import usable_cores
 from densenn.cli.common import _clean, _engine, _guard, _oneline, _print_json
 
 #: the packages whose versions info shows (distribution names)
@@ -41,7 +41,7 @@ def _blas_info() -> dict:
         threadpool_info = None
     if threadpool_info is not None:
         __import__("scipy.linalg")   # load SciPy's BLAS so its pool is listed too
-        from densenn.backend import cpu_mkl
+        from densenn.backend.cpu import mkl as cpu_mkl
         cpu_mkl.load()               # and MKL's, when installed
 
         pools = []

@@ -64,8 +64,8 @@ def _bench_size(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from densenn import __version__
-    from densenn.activation import ACTIVATIONS
-    from densenn.cost import COSTS
+    from densenn.nn.activation import ACTIVATIONS
+    from densenn.nn.cost import COSTS
 
     parser = _Parser(prog=PROG, description="Fully-connected neural networks from scratch: train on digits or "
                                             "MNIST, evaluate, predict, inspect the engines, benchmark.")

@@ -24,10 +24,10 @@ from densenn.files import check_writable_folder
 
 
 def _make_optimizer(name: str, lr: float, weight_decay, schedule: str, default_decay: float = 0.0):
-    """The optimizer ``name`` of ``densenn.optimizer.OPTIMIZERS`` (what it means: momentum 0.9,
+    """The optimizer ``name`` of ``densenn.optim.OPTIMIZERS`` (what it means: momentum 0.9,
     adamw's decoupled decay of 0.01, ...) with ``lr``, the weight decay (``weight_decay`` when
     given, else adamw's own, else ``default_decay``) and the schedule."""
-    from densenn.optimizer import get_optimizer
+    from densenn.optim import get_optimizer
 
     config = get_optimizer(name, lr).config()
     if weight_decay is not None:

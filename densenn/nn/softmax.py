@@ -10,8 +10,8 @@ import math
 
 import numpy as np
 
-from densenn.activation import Activation, ActivationOps, register_activation
 from densenn.kernels.ops import RowMap
+from densenn.nn.activation import Activation, ActivationOps, register_activation
 
 
 def _per_row(ufunc, x, v, out):

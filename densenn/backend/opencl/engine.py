@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from densenn.backend.base import serialize
-from densenn.backend.opencl_devices import (
+from densenn.backend.opencl.devices import (
     DEVICE_ENV,
     DeviceList,
     _has_fp64,

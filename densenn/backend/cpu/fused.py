@@ -111,7 +111,7 @@ def omp_kernel(op, dtype):
 
     For MKL running on GNU OpenMP: both then draw on libgomp's one pool of threads, which
     are still awake after the ∇w GEMM that precedes every update. Threads of our own
-    (``cpu_threads``) would meet those spinning threads and lose the core to them: splitting
+    (``threads.py``) would meet those spinning threads and lose the core to them: splitting
     MNIST's first-layer Adam that way made the step slower, through OpenMP it made it 4%
     faster. Chooses Numba's "omp" layer unless the user chose another
     (``$NUMBA_THREADING_LAYER``) or Numba's threads already run on another.

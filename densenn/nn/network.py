@@ -2,8 +2,8 @@
 
 ``Network`` owns the inference layers (weights) on one engine and offers the
 user API (``fit``, ``predict``, ``evaluate``, ``gradients``, weights, saving).
-``TrainingNetwork`` (densenn.trainer) is built from it for one batch size and one
-cost, and runs one allocation-free training step; ``fit`` (densenn.train) loops it.
+``TrainingNetwork`` (densenn.nn.trainer) is built from it for one batch size and one
+cost, and runs one allocation-free training step; ``fit`` (densenn.training) loops it.
 """
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ import threading
 import numpy as np
 
 from densenn import modelfile
-from densenn.activation import get_activation
 from densenn.backend import check_dtype, get_engine
-from densenn.cost import get_cost
 from densenn.errors import DensennError, check_matrix, check_nonnegative_int, check_positive_int, describe
-from densenn.init import default_init, init_weights
-from densenn.layer import Dense, DenseInference
-from densenn.metrics import confusion_matrix, count_correct
-from densenn.targets import LABEL_DTYPE, index_dtype, prepare_targets
-from densenn.train import fit
-from densenn.trainer import TrainingNetwork
+from densenn.nn.activation import get_activation
+from densenn.nn.cost import get_cost
+from densenn.nn.dense import Dense, DenseInference
+from densenn.nn.init import default_init, init_weights
+from densenn.nn.metrics import confusion_matrix, count_correct
+from densenn.nn.targets import LABEL_DTYPE, index_dtype, prepare_targets
+from densenn.nn.trainer import TrainingNetwork
+from densenn.training import fit
 
 __all__ = ["Network", "Dense", "TrainingNetwork", "prepare_targets", "index_dtype", "LABEL_DTYPE"]
 
@@ -246,7 +246,7 @@ class Network:
         return t
 
     def fit(self, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=None, **kwargs):
-        """Train with mini-batches; returns a :class:`densenn.train.History`. See ``densenn.train.fit``."""
+        """Train with mini-batches; returns a :class:`densenn.training.History`. See ``densenn.training.fit``."""
         self._check_alive()
         with self._lock:
             return fit(self, x, y, epochs=epochs, batch_size=batch_size, cost=cost, optimizer=optimizer,

@@ -26,7 +26,7 @@ cols)`` layout, so ``arr[:n]`` is a contiguous view, as on the CPU.
   error ~1e-3 instead of ~1e-6). Off by default. Only GEMMs are affected.
 * **CUDA graphs.** ``engine.capture(fn)`` records ``fn`` (a whole training step
   of fixed shapes) into a CUDA graph and returns a callable that replays it with
-  one launch; see :mod:`densenn.backend.cuda_graph`.
+  one launch; see :mod:`densenn.backend.cuda.graph`.
 * **Memory.** Arrays come from CuPy's memory pool. ``release(x)`` cannot free
   an array that is still referenced: the owner drops its reference (the layers
   do, right after calling it) and the block goes back to the pool at once, for
@@ -43,10 +43,10 @@ from typing import Any
 
 import numpy as np
 
-from densenn.backend import cuda_graph
 from densenn.backend.base import serialize
-from densenn.backend.cuda_devices import _env_flag, cupy, describe, unavailable_reason
-from densenn.backend.cuda_kernels import _CTYPES, SUM_ROWS, DeclaredOps, _module, sources
+from densenn.backend.cuda import graph as cuda_graph
+from densenn.backend.cuda.devices import _env_flag, cupy, describe, unavailable_reason
+from densenn.backend.cuda.kernels import _CTYPES, SUM_ROWS, DeclaredOps, _module, sources
 from densenn.errors import DensennError, EngineUnavailable
 from densenn.kernels import gpu
 
@@ -95,7 +95,7 @@ class CUDAEngine(DeclaredOps):
 
     ``device``: the CUDA device number. ``tf32`` (default ``$DENSENN_TF32``, off):
     float32 GEMMs on TF32 tensor cores. ``graph_gemm``: route every GEMM through the
-    cuBLAS handle that CUDA graph capture uses (see :mod:`densenn.backend.cuda_graph`),
+    cuBLAS handle that CUDA graph capture uses (see :mod:`densenn.backend.cuda.graph`),
     so that eager runs and graph replays give bitwise the same numbers; off by
     default (the eager path then uses CuPy's cuBLAS bindings, a little less
     overhead per call).
@@ -501,7 +501,7 @@ class CUDAEngine(DeclaredOps):
 
     def capture(self, fn, warmup: int = 1):
         """Record ``fn()`` (engine calls on fixed buffers) into a CUDA graph; returns a
-        :class:`~densenn.backend.cuda_graph.GraphStep` whose call replays it with one launch.
+        :class:`~densenn.backend.cuda.graph.GraphStep` whose call replays it with one launch.
 
         ``fn`` runs ``warmup`` times eagerly first (those runs take effect: a training
         step is trained), then once more while recording (which runs nothing). Scalars

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from densenn.backend.cuda_devices import cupy
+from densenn.backend.cuda.devices import cupy
 from densenn.errors import DensennError
 from densenn.kernels import gpu
 from densenn.kernels.ops import RowMap

@@ -20,7 +20,7 @@ import numpy as np
 from densenn.errors import DensennError, check_choice
 from densenn.kernels.numpy_eval import numpy_form
 from densenn.kernels.ops import Map, RowMap, Sum
-from densenn.softmax import softmax_row
+from densenn.nn.softmax import softmax_row
 
 
 class Cost:

@@ -23,9 +23,9 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from densenn.activation import Activation, ActivationFn, get_activation
 from densenn.errors import DensennError, check_choice, check_positive_int
-from densenn.init import INITIALIZERS
+from densenn.nn.activation import Activation, ActivationFn, get_activation
+from densenn.nn.init import INITIALIZERS
 
 
 @dataclass(frozen=True)

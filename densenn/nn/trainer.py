@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from densenn.cost import diff, get_cost
 from densenn.errors import DensennError, check_positive_int
-from densenn.layer import DenseTraining, FoldedSGDDense
-from densenn.metrics import count_correct
-from densenn.targets import index_dtype
+from densenn.nn.cost import diff, get_cost
+from densenn.nn.dense import DenseTraining, FoldedSGDDense
+from densenn.nn.metrics import count_correct
+from densenn.nn.targets import index_dtype
 
 
 class TrainingNetwork:

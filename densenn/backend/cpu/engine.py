@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 from scipy.linalg import blas
 
-from densenn.backend import cpu_fused, cpu_mkl, cpu_threads
-from densenn.backend.cpu_fused import map_kernel, row_kernel
+from densenn.backend.cpu import fused as cpu_fused
+from densenn.backend.cpu import mkl as cpu_mkl
+from densenn.backend.cpu import threads as cpu_threads
+from densenn.backend.cpu.fused import map_kernel, row_kernel
 from densenn.config import setting
 from densenn.errors import DensennError, check_positive_int
 from densenn.kernels.ops import RowMap
@@ -66,12 +68,12 @@ class CPUEngine:
 
     ``fused`` (default: when Numba is installed and ``$DENSENN_NUMBA`` is not
     ``0``) runs bias+activation, delta and the optimizer updates as one-pass
-    Numba kernels (see ``cpu_fused``); ``fused=False`` is the pure NumPy path.
+    Numba kernels (see ``fused``); ``fused=False`` is the pure NumPy path.
     ``blas`` picks the GEMM: ``"auto"`` (default, or ``$DENSENN_BLAS``) uses
-    Intel MKL when it is installed (see ``cpu_mkl``), ``"openblas"`` SciPy's
+    Intel MKL when it is installed (see ``mkl``), ``"openblas"`` SciPy's
     BLAS, ``"mkl"`` insists on MKL. ``threads`` (default ``$DENSENN_THREADS``,
     else every usable core) is how many row blocks a large elementwise pass is
-    split into (see ``cpu_threads``); the BLAS keeps its own thread count.
+    split into (see ``threads``); the BLAS keeps its own thread count.
     """
 
     name = "cpu"
@@ -87,7 +89,7 @@ class CPUEngine:
         self._mkl = cpu_mkl.choose(blas)
         self.blas = "mkl" if self._mkl is not None else "openblas"
         self.uploads = 0  # host→engine copies, counted like the device engines do
-        # large elementwise passes run in row blocks on every core (see cpu_threads)
+        # large elementwise passes run in row blocks on every core (see threads.py)
         self.set_threads(threads)
         self._ones: dict = {}  # dtype -> a vector of ones, grown to the largest batch seen
         # the db a delta kernel gets when no column sums are wanted
@@ -223,7 +225,7 @@ class CPUEngine:
         return np.take(src, idx, axis=0, out=out, mode="clip")
 
     # -- declared operations (see densenn.kernels.ops) -------------------------------------
-    # A large pass runs in row blocks on all cores (rows are independent; see cpu_threads),
+    # A large pass runs in row blocks on all cores (rows are independent; see threads.py),
     # a small one in one call on the calling thread.
     def can(self, op) -> bool:
         """Whether this engine runs ``op`` (a RowMap needs a Numba form or a NumPy one here)."""
