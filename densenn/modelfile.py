@@ -39,8 +39,10 @@ from safetensors.numpy import save as st_save
 from densenn.errors import DensennError, check_choice, check_nonnegative_int, check_positive_int, describe
 from densenn.files import write_bytes
 from densenn.nn.activation import ACTIVATIONS, Activation
+from densenn.nn.activation_layer import ActivationLayer
 from densenn.nn.dense import Dense
 from densenn.nn.init import INITIALIZERS
+from densenn.nn.layer import expand_layers, layer_type
 
 FORMAT = "densenn"
 FORMAT_VERSION = 2
@@ -184,7 +186,7 @@ def _activation(name: str, cfg) -> Activation:
 
 
 def _specs(config) -> list:
-    """The Dense specs of a config parsed from a file; DensennError naming the field at fault."""
+    """The layer specs of a config parsed from a file; DensennError naming the field at fault."""
     _check_keys("config", config, ("n_in", "layers", "dtype"), ("seed",))
     check_positive_int("config.n_in", config["n_in"])
     check_choice("config.dtype", config["dtype"], _DTYPES)
@@ -192,15 +194,31 @@ def _specs(config) -> list:
     layers = config["layers"]
     if not isinstance(layers, list) or not layers:
         raise DensennError(f"config.layers must be a non-empty list, got {describe(layers)}")
-    specs = []
+    specs: list = []
     for i, cfg in enumerate(layers):
         name = f"config.layers[{i}]"
-        _check_keys(name, cfg, ("units", "activation"), ("init",))
-        units = check_positive_int(f"{name}.units", cfg["units"])
-        init = cfg.get("init")
-        if init is not None:
-            check_choice(f"{name}.init", init, INITIALIZERS)
-        specs.append(Dense(units, _activation(f"{name}.activation", cfg["activation"]), init))
+        if not isinstance(cfg, dict):
+            raise DensennError(f"{name} must be a JSON object, got {describe(cfg)}")
+        kind = layer_type(cfg, name)
+        required, optional = kind.config_keys
+        _check_keys(name, cfg, required, optional + ("type",) if "type" in cfg else optional)
+        if kind is Dense:
+            units = check_positive_int(f"{name}.units", cfg["units"])
+            init = cfg.get("init")
+            if init is not None:
+                check_choice(f"{name}.init", init, INITIALIZERS)
+            specs.append(Dense(units, _activation(f"{name}.activation", cfg["activation"]), init))
+        elif kind is ActivationLayer:
+            specs.append(ActivationLayer(_activation(f"{name}.activation", cfg["activation"])))
+        else:
+            try:     # the spec checks its own values, and names the argument
+                specs.append(kind.from_config(cfg))
+            except (DensennError, TypeError) as exc:
+                raise DensennError(f"{name}: {exc}") from None
+    try:
+        expand_layers(specs)       # where each may stand
+    except DensennError as exc:
+        raise DensennError(f"config.layers: {exc}") from None
     return specs
 
 
@@ -209,8 +227,9 @@ def _check_tensors(config: dict, specs: list, tensors: dict[str, np.ndarray]) ->
     expected: dict[str, tuple] = {}
     fan_in = config["n_in"]
     for i, spec in enumerate(specs):
-        expected[f"layers.{i}.w"], expected[f"layers.{i}.b"] = (spec.units, fan_in), (spec.units,)
-        fan_in = spec.units
+        for name, shape in spec.tensor_shapes(fan_in).items():
+            expected[f"layers.{i}.{name}"] = shape
+        fan_in = spec.n_out(fan_in)
     missing = [n for n in expected if n not in tensors]
     if missing:
         raise DensennError(f"the tensors are incomplete: {', '.join(missing)} missing")

@@ -24,6 +24,8 @@ from densenn.backend import get_engine
 from densenn.backend.cpu import fused as cpu_fused
 from densenn.backend.cpu.fused import AVAILABLE as NUMBA
 from densenn.nn.activation import ACTIVATIONS, ELU, ActivationFn, LeakyReLU, get_activation
+from test_activations_modern import NAMES as MODERN  # the new activations' references
+from test_activations_modern import ref_df, ref_f
 
 ENGINES = ["cpu:numpy"] + (["cpu:numba"] if NUMBA else [])
 DTYPES = [np.float32, np.float64]
@@ -68,6 +70,8 @@ def ref_activ(spec, z):
         return z.copy()
     if name == "softmax":
         return _softmax(z)
+    if name in MODERN:
+        return ref_f(name, z)
     raise AssertionError(f"no reference for {name}")
 
 
@@ -95,6 +99,8 @@ def ref_prime(spec, z):
     if name == "softmax":
         s = _softmax(z)
         return s * (1.0 - s)
+    if name in MODERN:
+        return ref_df(name, z)
     raise AssertionError(f"no reference for {name}")
 
 
@@ -379,7 +385,7 @@ def test_get_activation_accepts_names_configs_and_objects():
 
 
 @pytest.mark.parametrize("bad", ["swish", "", "Relu ", "softmax2", None, 3, 1.5, ["relu"],
-                                 {"name": "gelu"}, {}])
+                                 {"name": "gelu_erf_typo"}, {}])
 def test_get_activation_bad_name_raises_naming_the_options(bad):
     with pytest.raises(dn.DensennError) as info:
         get_activation(bad)

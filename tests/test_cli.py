@@ -262,3 +262,154 @@ def test_mnist_defaults_reach_98_percent(tmp_path):
     proc = run_cli("evaluate", result["model_path"], "--json", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["test_accuracy"] == pytest.approx(result["test_accuracy"], abs=1e-12)
+
+
+# -- --dropout and --norm -----------------------------------------------------------------------
+def _layer_types(path) -> list[str]:
+    net = dn.load(path, engine="cpu")
+    try:
+        return [spec.type for spec in net.specs]
+    finally:
+        net.release()
+
+
+def test_train_dropout_and_batch_norm_build_those_layers_and_evaluate_works(tmp_path):
+    rc, stdout, stderr = call("train", "--engine", "cpu", "--layers", "16", "--dropout", "0.2", "--norm", "batch",
+                              "--epochs", "2", "--json", "--no-progress", "--out", str(tmp_path))
+    assert rc == 0, stderr
+    result = json.loads(stdout)
+    model = tmp_path / "model.dn"
+    # the saved model holds the layers, types and settings included
+    assert _layer_types(model) == ["dense", "batchnorm", "activation", "dropout", "dense"]
+    net = dn.load(model, engine="cpu")
+    assert isinstance(net.specs[0], dn.Dense) and net.specs[0].units == 16
+    assert dn.get_activation(net.specs[0].activation).name == "linear"
+    assert isinstance(net.specs[1], dn.BatchNorm)
+    assert isinstance(net.specs[2], dn.ActivationLayer) and net.specs[2].activation.name == "relu"
+    assert isinstance(net.specs[3], dn.Dropout) and net.specs[3].rate == pytest.approx(0.2)
+    assert net.specs[4].units == 10 and dn.get_activation(net.specs[4].activation).name == "softmax"
+    net.release()
+    # the settings are reported and recorded
+    assert result["norm"] == "batch" and result["dropout"] == pytest.approx(0.2)
+    arch = result["architecture"]
+    assert [layer["type"] for layer in arch["layers"]] == ["dense", "batchnorm", "activation", "dropout", "dense"]
+    assert arch["layers"][3]["rate"] == pytest.approx(0.2)
+    assert arch["params"] == (64 * 16 + 16) + 2 * 16 + (16 * 10 + 10)      # γ, β trained; running stats not
+    assert "batchnorm" in arch["text"] and "dropout 0.2" in arch["text"]
+    options = load_extra(model)["cli"]["train"]
+    assert options["norm"] == "batch" and options["dropout"] == pytest.approx(0.2)
+    # evaluate: inference mode (running statistics, no dropout) gives the scores train reported
+    rc, stdout, stderr = call("evaluate", str(model), "--engine", "cpu", "--json")
+    assert rc == 0, stderr
+    scores = json.loads(stdout)
+    assert 0.0 <= scores["test_accuracy"] <= 1.0
+    assert scores["test_accuracy"] == pytest.approx(result["test_accuracy"], abs=1e-12)
+    assert [layer["type"] for layer in scores["architecture"]["layers"]] == [layer["type"] for layer in arch["layers"]]
+    rc, stdout, stderr = call("evaluate", str(model), "--engine", "cpu")
+    assert rc == 0, stderr
+    assert f"test accuracy {result['test_accuracy']:.4f}" in stdout and "batchnorm" in stdout
+    # predict runs on it too
+    np.save(tmp_path / "x.npy", load_digits(standardize=False).x_test[:5])
+    rc, stdout, stderr = call("predict", str(model), "--engine", "cpu", "--input", str(tmp_path / "x.npy"))
+    assert rc == 0, stderr
+    assert len(stdout.split()) == 5
+
+
+def test_train_layer_norm_and_dropout_after_every_hidden_layer(tmp_path):
+    rc, stdout, stderr = call("train", "--engine", "cpu", "--layers", "16,8", "--norm", "layer", "--dropout", "0.1",
+                              "--activation", "tanh", "--epochs", "1", "--json", "--no-progress", "--out",
+                              str(tmp_path))
+    assert rc == 0, stderr
+    assert _layer_types(tmp_path / "model.dn") == ["dense", "layernorm", "activation", "dropout",
+                                                   "dense", "layernorm", "activation", "dropout", "dense"]
+    net = dn.load(tmp_path / "model.dn", engine="cpu")
+    assert [s.activation.name for s in net.specs if isinstance(s, dn.ActivationLayer)] == ["tanh", "tanh"]
+    net.release()
+    assert json.loads(stdout)["norm"] == "layer"
+    # --norm layer alone: no dropout layer
+    rc, _, stderr = call("train", "--engine", "cpu", "--layers", "16", "--norm", "layer", "--epochs", "1",
+                         "--no-progress", "--out", str(tmp_path))
+    assert rc == 0, stderr
+    assert _layer_types(tmp_path / "model.dn") == ["dense", "layernorm", "activation", "dense"]
+    # --dropout alone: Dense layers as before, a Dropout after each hidden one
+    rc, _, stderr = call("train", "--engine", "cpu", "--layers", "16,8", "--dropout", "0.5", "--epochs", "1",
+                         "--no-progress", "--out", str(tmp_path))
+    assert rc == 0, stderr
+    assert _layer_types(tmp_path / "model.dn") == ["dense", "dropout", "dense", "dropout", "dense"]
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--dropout", "1"], "--dropout"),
+    (["--dropout", "-0.1"], "--dropout"),
+    (["--dropout", "abc"], "--dropout"),
+    (["--dropout", "nan"], "--dropout"),
+    (["--dropout", "1.5"], "--dropout"),
+    (["--norm", "group"], "--norm"),
+    (["--norm", ""], "--norm"),
+], ids=lambda a: " ".join(a) if isinstance(a, list) else a)
+def test_bad_dropout_or_norm_is_one_line_naming_the_option(args, option, tmp_path):
+    rc, stdout, stderr = call("train", "--engine", "cpu", "--epochs", "1", "--no-progress", *args,
+                              "--out", str(tmp_path / "never"))
+    assert_one_line_error(rc, stderr)
+    assert rc == 2 and option in stderr
+    assert not (tmp_path / "never").exists()            # rejected before anything is done
+
+
+@pytest.mark.parametrize("batch_size", ["1", "3"])     # 1438 digits training samples: 1438 % 3 == 1
+def test_batch_norm_with_a_batch_of_one_is_one_line(batch_size, tmp_path):
+    rc, stdout, stderr = call("train", "--engine", "cpu", "--layers", "8", "--norm", "batch", "--batch-size",
+                              batch_size, "--epochs", "1", "--no-progress", "--out", str(tmp_path))
+    assert_one_line_error(rc, stderr)
+    assert rc == 1 and "--batch-size" in stderr and "--norm batch" in stderr
+    assert not (tmp_path / "model.dn").exists()
+    # --norm layer has no such limit
+    rc, _, stderr = call("train", "--engine", "cpu", "--layers", "8", "--norm", "layer", "--batch-size", "3",
+                         "--epochs", "1", "--no-progress", "--out", str(tmp_path))
+    assert rc == 0, stderr
+
+
+def test_without_dropout_and_norm_the_architecture_is_unchanged(tmp_path):
+    plain, explicit = tmp_path / "plain", tmp_path / "explicit"
+    rc, stdout, stderr = call("train", "--engine", "cpu", "--layers", "16,8", "--epochs", "1", "--json",
+                              "--no-progress", "--out", str(plain))
+    assert rc == 0, stderr
+    result = json.loads(stdout)
+    assert _layer_types(plain / "model.dn") == ["dense", "dense", "dense"]
+    arch = result["architecture"]
+    assert arch["text"] == "64 → 16 relu → 8 relu → 10 softmax"
+    assert [(la["units"], la["activation"]) for la in arch["layers"]] == [(16, "relu"), (8, "relu"), (10, "softmax")]
+    assert arch["params"] == (64 * 16 + 16) + (16 * 8 + 8) + (8 * 10 + 10)
+    assert result["norm"] == "none" and result["dropout"] == 0
+    # --dropout 0 --norm none are the defaults: the same network, weight for weight
+    rc, stdout, stderr = call("train", "--engine", "cpu", "--layers", "16,8", "--epochs", "1", "--json",
+                              "--no-progress", "--dropout", "0", "--norm", "none", "--out", str(explicit))
+    assert rc == 0, stderr
+    assert json.loads(stdout)["architecture"] == arch
+    a, b = dn.load(plain / "model.dn", engine="cpu"), dn.load(explicit / "model.dn", engine="cpu")
+    assert a.config() == b.config()
+    for (wa, ba), (wb, bb) in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+        np.testing.assert_array_equal(ba, bb)
+
+
+def test_activation_choices_come_from_the_registry():
+    from densenn.cli import build_parser
+    from densenn.nn.activation import ACTIVATIONS, Activation
+
+    class CliSquare(Activation):
+        name = "cli_test_square"
+        f = "z * z"
+        df = "2 * z"
+
+    assert CliSquare.name not in ACTIVATIONS
+    dn.register_activation(CliSquare)
+    try:
+        args = build_parser().parse_args(["train", "--activation", "cli_test_square"])
+        assert args.activation == "cli_test_square"
+        for name in ACTIVATIONS:            # every registered activation is a choice
+            assert build_parser().parse_args(["train", "--activation", name]).activation == name
+    finally:
+        del ACTIVATIONS[CliSquare.name]
+    rc, _, stderr = call("train", "--activation", "cli_test_square")
+    assert_one_line_error(rc, stderr)
+    assert rc == 2 and "--activation" in stderr

@@ -15,6 +15,8 @@ import densenn as dn
 from densenn.backend.cpu.fused import AVAILABLE as NUMBA
 from densenn.nn.activation import ACTIVATIONS, ELU, LeakyReLU, get_activation
 from densenn.nn.network import TrainingNetwork
+from test_activations_modern import NAMES as MODERN  # the new activations' references
+from test_activations_modern import ref_df, ref_f
 
 ENGINES = ["cpu:numpy"] + (["cpu:numba"] if NUMBA else [])
 HIDDEN = list(ACTIVATIONS) + [LeakyReLU(0.2), ELU(0.5)]
@@ -44,6 +46,8 @@ def np_activ(act, z):
     if name == "softmax":
         e = np.exp(z - z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
+    if name in MODERN:
+        return ref_f(name, z)
     raise AssertionError(name)
 
 
@@ -66,6 +70,8 @@ def np_backprop_signal(act, z, g):
         prime = np.where(z > 0, 1.0, p * np.exp(np.minimum(z, 0)))
     elif name == "linear":
         prime = np.ones_like(z)
+    elif name in MODERN:
+        prime = ref_df(name, z)
     else:
         raise AssertionError(name)
     return prime * g

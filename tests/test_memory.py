@@ -53,7 +53,7 @@ STEPS = 20
 LIMIT = 4096
 BACKEND_ALLOCATIONS_FAIL = True
 ENGINE_METHODS = ("upload", "take_rows", "gemm", "add_bias", "sum_rows", "axpy", "scal", "copy", "fill",
-                  "map", "reduce")
+                  "uniform", "map", "reduce")
 
 
 # these tests measure memory; one BLAS thread keeps their steps quick (see conftest)
@@ -61,9 +61,12 @@ pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def make_training(engine, optimizer, widths, batch, acts=("relu", "relu", "softmax"), cost=None,
-                  dtype="float32"):
-    """A Network, its TrainingNetwork for ``batch`` and a bound optimizer, and data on the engine."""
-    specs = [dn.Dense(widths[0], acts[0]), dn.Dense(widths[1], acts[1]), dn.Dense(N_OUT, acts[2])]
+                  dtype="float32", hidden=None):
+    """A Network, its TrainingNetwork for ``batch`` and a bound optimizer, and data on the engine.
+
+    ``hidden(width, activation)`` gives the layers of each hidden layer (default one Dense)."""
+    hidden = hidden or (lambda w, act: [dn.Dense(w, act)])
+    specs = hidden(widths[0], acts[0]) + hidden(widths[1], acts[1]) + [dn.Dense(N_OUT, acts[2])]
     net = dn.Network(N_IN, specs, engine=engine, dtype=dtype, seed=0)
     e = net.engine
     cost = cost or net.default_cost()
@@ -178,7 +181,8 @@ def call_peaks(tn, opt, data, rows, steps=4) -> dict:
     for name in ENGINE_METHODS:
         prof.wrap(tn.engine, name, f"engine.{name}")
     # the declared operations' NumPy forms run on one kept instance per class and parameter
-    kept = [type(layer.activ_fn.spec)._with_param(layer.activ_fn.spec.param) for layer in tn.layers]
+    kept = [type(layer.activ_fn.spec)._with_param(layer.activ_fn.spec.param) for layer in tn.layers
+            if hasattr(layer, "activ_fn")]
     specs = {id(spec): spec for spec in kept}
     for spec in specs.values():
         for name in ("np_activ", "np_prime", "np_delta"):
@@ -320,6 +324,20 @@ def test_nesterov_and_adamw_steps_allocate_nothing(optimizer):
 ], ids=["tanh-sigmoid-bce", "elu-leaky-linear-mse", "softplus-tanh-softmax-ce", "relu-softmax-mae"])
 def test_other_activations_and_costs_allocate_nothing(engine, acts, cost):
     check_steps(engine, "adam", True, acts=acts, cost=cost)
+
+
+HIDDEN = {
+    "batchnorm-dropout": lambda w, act: [dn.Dense(w, act, norm="batch"), dn.Dropout(0.2)],
+    "layernorm": lambda w, act: [dn.Dense(w, act, norm="layer")],
+    "dropout-activation-layer": lambda w, act: [dn.Dense(w, "linear"), dn.Dropout(0.1), act],
+}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("optimizer", ["sgd-momentum", "adam"])
+@pytest.mark.parametrize("layers", sorted(HIDDEN))
+def test_dropout_and_normalisation_steps_allocate_nothing(engine, optimizer, layers):
+    check_steps(engine, optimizer, True, hidden=HIDDEN[layers])
 
 
 def test_the_profiler_finds_an_allocation(monkeypatch):

@@ -484,7 +484,7 @@ def test_refuses_bad_metadata(trained, tmp_path):
     with pytest.raises(dn.DensennError, match="shape"):
         dn.load(path)
     cfg = trained.config()
-    cfg["layers"][0]["activation"] = {"name": "gelu"}
+    cfg["layers"][0]["activation"] = {"name": "gelu_erf_typo"}
     _write_densenn_like(path, trained, config=json.dumps(cfg))
     with pytest.raises(dn.DensennError, match="invalid network"):
         dn.load(path)
@@ -620,7 +620,7 @@ def test_binary_targets_out_of_range():
 
 
 BAD_OTHER = [
-    ("unknown activation", lambda: dn.Dense(3, "gelu"), "activation", "relu"),
+    ("unknown activation", lambda: dn.Dense(3, "gelu_erf_typo"), "activation", "relu"),
     ("unknown init", lambda: dn.Dense(3, init="orthogonal"), "init", "he_normal"),
     ("units 0", lambda: dn.Dense(0), "units", "positive integer"),
     ("unknown engine", lambda: dn.Network(4, [dn.Dense(3)], engine="tpu"), "engine", "cpu"),
@@ -631,7 +631,7 @@ BAD_OTHER = [
     ("dtype nonsense", lambda: dn.Network(4, [dn.Dense(3)], dtype="double-ish"), "dtype", "float32"),
     ("n_in 0", lambda: dn.Network(0, [dn.Dense(3)]), "n_in", "positive integer"),
     ("no layers", lambda: dn.Network(4, []), "layers", "at least one"),
-    ("layer not Dense", lambda: dn.Network(4, ["relu"]), "layers[0]", "Dense"),
+    ("layer not a layer", lambda: dn.Network(4, [3]), "layers[0]", "Dense"),
     ("negative seed", lambda: dn.Network(4, [dn.Dense(3)], seed=-1), "seed", "non-negative"),
     ("predict features", lambda: _net().predict(X[:, :3]), "x", "4 features"),
     ("predict 1-D", lambda: _net().predict(X[0]), "x", "2-D"),

@@ -88,6 +88,11 @@ class Engine(Protocol):
     def fill(self, x, value) -> Array:
         """x[...] = value. Overwrites x."""
 
+    def uniform(self, out, key: int) -> Array:
+        """out = u(key, i) over out's flat index i (C-contiguous): uniform numbers in [0, 1)
+        from a counter-based hash, bit-identical on every engine (densenn.kernels.random).
+        Overwrites out."""
+
     def take_rows(self, src, idx, out) -> Array:
         """out = src[idx] (the rows of one shuffled batch). Overwrites out.
 

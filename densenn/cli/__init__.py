@@ -20,6 +20,7 @@ from densenn.cli.common import (
     CLI_FORMAT,
     DEFAULT_LR,
     DIGITS_SPLIT,
+    NORM_NAMES,
     OPTIMIZER_NAMES,
     PROG,
     SCHEDULE_NAMES,
@@ -38,6 +39,7 @@ from densenn.cli.evaluate import cmd_evaluate
 from densenn.cli.info import _blas_info, _print_info, _threads_info, _version, cmd_info, collect_info
 from densenn.cli.parser import (
     _bench_size,
+    _dropout_rate,
     _layers,
     _nonnegative_float,
     _nonnegative_int,
@@ -47,7 +49,15 @@ from densenn.cli.parser import (
     build_parser,
 )
 from densenn.cli.predict import _as_rows, _csv_rows, _read_samples, _write_predictions, cmd_predict
-from densenn.cli.train import _make_optimizer, _prepare_out_folder, _report_stopped, _stopped, cmd_train
+from densenn.cli.train import (
+    _check_batchnorm_batches,
+    _hidden_layers,
+    _make_optimizer,
+    _prepare_out_folder,
+    _report_stopped,
+    _stopped,
+    cmd_train,
+)
 from densenn.errors import DensennError
 
 
@@ -80,8 +90,9 @@ def main(argv=None) -> int:
 #: ``main``, and the names of the former single-module ``densenn.cli`` (its helpers included)
 __all__ = ["main", "build_parser", "collect_info", "run_bench", "cmd_train", "cmd_evaluate", "cmd_predict",
            "cmd_info", "cmd_bench", "PROG", "CLI_FORMAT", "TRAIN_DEFAULTS", "DEFAULT_LR", "DIGITS_SPLIT",
-           "OPTIMIZER_NAMES", "SCHEDULE_NAMES", "_architecture", "_clean", "_engine", "_guard", "_load_dataset",
-           "_oneline", "_print_json", "_say", "_standardizer_from", "_blas_info", "_print_info", "_threads_info",
-           "_version", "_bench_size", "_layers", "_nonnegative_float", "_nonnegative_int", "_Parser",
-           "_positive_float", "_positive_int", "_as_rows", "_csv_rows", "_read_samples", "_write_predictions",
-           "_make_optimizer", "_prepare_out_folder", "_report_stopped", "_stopped"]
+           "OPTIMIZER_NAMES", "SCHEDULE_NAMES", "NORM_NAMES", "_architecture", "_clean", "_engine", "_guard",
+           "_load_dataset", "_oneline", "_print_json", "_say", "_standardizer_from", "_blas_info", "_print_info",
+           "_threads_info", "_version", "_bench_size", "_dropout_rate", "_layers", "_nonnegative_float",
+           "_nonnegative_int", "_Parser", "_positive_float", "_positive_int", "_as_rows", "_csv_rows",
+           "_read_samples", "_write_predictions", "_make_optimizer", "_prepare_out_folder", "_report_stopped",
+           "_stopped", "_hidden_layers", "_check_batchnorm_batches"]

@@ -25,6 +25,8 @@ TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
 #: the choices of --optimizer and --schedule: the registries' names
 OPTIMIZER_NAMES = tuple(OPTIMIZERS)
 SCHEDULE_NAMES = tuple(SCHEDULES)
+#: the choices of --norm: what Dense(units, activation, norm=...) takes ("none": no normalisation)
+NORM_NAMES = ("batch", "layer", "none")
 #: default learning rate per optimizer name on the command line
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.01, "nesterov": 0.01, "adam": 1e-3, "adamw": 1e-3}
 DIGITS_SPLIT: dict[str, Any] = {"test_size": 0.2, "seed": 0}
@@ -100,10 +102,29 @@ def _load_dataset(name: str, data_dir, split: dict | None = None, download: bool
 
 
 def _architecture(net) -> dict:
-    layers = [{"units": layer.n_out, "activation": layer.activation.name} for layer in net.layers]
-    params = sum(layer.n_in * layer.n_out + layer.n_out for layer in net.layers)
-    text = " → ".join([str(net.n_in)] + [f"{layer['units']} {layer['activation']}" for layer in layers])
-    return {"n_in": net.n_in, "layers": layers, "params": params, "text": text}
+    """The network's layers as ``train --json`` and ``evaluate --json`` report them: one entry
+    per layer (``type``, ``units`` (its output width), ``activation`` (None for a normalisation
+    or dropout layer), and a dropout layer's ``rate``), the trainable parameter count (BatchNorm's
+    running statistics are not parameters) and a one-line ``text``."""
+    layers: list[dict[str, Any]] = []
+    words = [str(net.n_in)]
+    for spec, layer in zip(net.specs, net.layers):
+        kind = spec.type
+        entry: dict[str, Any] = {"type": kind, "units": int(layer.n_out), "activation": None}
+        if kind == "dense":
+            entry["activation"] = layer.activation.name
+            words.append(f"{layer.n_out} {layer.activation.name}")
+        elif kind == "activation":
+            entry["activation"] = layer.activation.name
+            words.append(layer.activation.name)
+        elif kind == "dropout":
+            entry["rate"] = float(layer.rate)
+            words.append(f"dropout {layer.rate:g}")
+        else:                                   # batchnorm, layernorm, and any layer type added later
+            words.append(kind)
+        layers.append(entry)
+    params = sum(int(np.prod(p.shape)) for layer in net.layers for p in layer.params)
+    return {"n_in": net.n_in, "layers": layers, "params": params, "text": " → ".join(words)}
 
 
 def _standardizer_from(extra: dict):

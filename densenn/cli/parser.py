@@ -5,7 +5,7 @@ import argparse
 import math
 
 from densenn.cli.bench import cmd_bench
-from densenn.cli.common import OPTIMIZER_NAMES, PROG, SCHEDULE_NAMES
+from densenn.cli.common import NORM_NAMES, OPTIMIZER_NAMES, PROG, SCHEDULE_NAMES
 from densenn.cli.evaluate import cmd_evaluate
 from densenn.cli.info import cmd_info
 from densenn.cli.predict import cmd_predict
@@ -36,6 +36,7 @@ _positive_int = _number(int, "a positive integer", lambda v: v > 0)
 _nonnegative_int = _number(int, "a non-negative integer", lambda v: v >= 0)
 _positive_float = _number(float, "a positive finite number", lambda v: v > 0)
 _nonnegative_float = _number(float, "a non-negative finite number", lambda v: v >= 0)
+_dropout_rate = _number(float, "a dropout rate in [0, 1) (the fraction of values dropped)", lambda v: 0 <= v < 1)
 
 
 def _layers(text: str) -> list[int]:
@@ -90,8 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     data_options(p, "data set (default digits: scikit-learn's 8×8 digits, no download)")
     p.add_argument("--layers", type=_layers, default=None, metavar="N[,N...]",
                    help="hidden layer sizes (default 256,128); the softmax output is added; 'none' for none")
+    # the activation registry as it stands now: activations registered later are choices too
     p.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu",
                    help="activation of the hidden layers (default relu)")
+    p.add_argument("--norm", choices=NORM_NAMES, default="none",
+                   help="normalise each hidden layer's linear part before its activation: batch "
+                        "(BatchNorm) or layer (LayerNorm) (default none)")
+    p.add_argument("--dropout", type=_dropout_rate, default=0.0, metavar="RATE",
+                   help="dropout after each hidden layer, the fraction in [0, 1) of values dropped in "
+                        "training (default 0: none)")
     p.add_argument("--cost", choices=sorted(COSTS), default=None,
                    help="cost (default: crossentropy, the softmax output's partner)")
     p.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="adam", help="optimizer (default adam)")

@@ -38,6 +38,28 @@ def _make_optimizer(name: str, lr: float, weight_decay, schedule: str, default_d
     return get_optimizer(config)
 
 
+def _hidden_layers(dn, sizes, activation: str, norm: str, dropout: float) -> list:
+    """The hidden layers' specs: ``Dense(units, activation, norm=...)`` for each size (``norm``
+    "none": a plain Dense layer, as before these options), each followed by ``Dropout(dropout)``
+    when ``dropout`` > 0. The output layer is not included (no dropout after it)."""
+    specs: list = []
+    for units in sizes:
+        specs.append(dn.Dense(units, activation, norm=None if norm == "none" else norm))
+        if dropout > 0:
+            specs.append(dn.Dropout(dropout))
+    return specs
+
+
+def _check_batchnorm_batches(batch_size: int, n_train: int) -> None:
+    """``--norm batch`` trains on batches of 2 or more samples: fail before building the
+    network, naming the options, when ``--batch-size`` would give a batch of 1."""
+    if batch_size == 1 or n_train % batch_size == 1:
+        what = ("--batch-size is 1" if batch_size == 1
+                else f"--batch-size {batch_size} with {n_train} training samples leaves a last batch of 1")
+        raise DensennError(f"--norm batch needs at least 2 samples in every training batch (the variance of "
+                           f"one sample is 0), but {what}; choose another --batch-size")
+
+
 def _prepare_out_folder(out_dir: str) -> None:
     """Create ``--out`` (and its parents) and check that files can be created there, so that
     a bad ``--out`` fails before the data are loaded and trained on, not after."""
@@ -82,7 +104,11 @@ def cmd_train(args) -> int:
         x_train, x_test = standardizer.transform(x_train), standardizer.transform(x_test)
     n_classes = int(data.n_classes)
 
-    specs = [dn.Dense(units, args.activation) for units in layers] + [dn.Dense(n_classes, "softmax")]
+    norm = getattr(args, "norm", "none")
+    dropout = float(getattr(args, "dropout", 0.0))
+    if norm == "batch":
+        _check_batchnorm_batches(batch_size, len(x_train))
+    specs = _hidden_layers(dn, layers, args.activation, norm, dropout) + [dn.Dense(n_classes, "softmax")]
     net = dn.Network(x_train.shape[1], specs, engine=engine, dtype=args.dtype, seed=args.seed)
     cost = args.cost or net.default_cost()
     optimizer = _make_optimizer(args.optimizer, lr, args.weight_decay, schedule, defaults["weight_decay"])
@@ -111,7 +137,8 @@ def cmd_train(args) -> int:
         stopped = _stopped("diverged", net, epochs, _oneline(exc))
     history = net.history
     seconds = time.perf_counter() - start
-    options = {"data": data_name, "layers": layers, "activation": args.activation, "cost": cost,
+    options = {"data": data_name, "layers": layers, "activation": args.activation, "norm": norm,
+               "dropout": dropout, "cost": cost,
                "optimizer": optimizer.config(), "optimizer_name": args.optimizer, "epochs": epochs,
                "batch_size": batch_size, "seed": args.seed, "dtype": args.dtype, "engine": engine.name,
                "standardize": standardize}
@@ -143,6 +170,7 @@ def cmd_train(args) -> int:
               "plot_path": os.path.abspath(plot_path) if plot_path else None,
               "engine": engine.name, "dtype": args.dtype, "seed": args.seed,
               "optimizer": optimizer.config(), "cost": cost, "standardize": standardize,
+              "norm": norm, "dropout": dropout,
               "n_train": len(x_train), "n_test": len(x_test),
               "architecture": arch, "history": history.to_dict() if history is not None else {},
               "stopped": stopped}

@@ -8,8 +8,11 @@ Sizes are ``I`` (a signed 64-bit integer); elementwise kernels loop grid-stride 
 """
 from __future__ import annotations
 
+import re
+
 from densenn.kernels import expr
 from densenn.kernels.ops import DECLARED, Map, RowMap, Sum
+from densenn.kernels.random import C_SOURCE as UNIFORM
 
 #: work-items per group in a reduction (a power of two; the local array is this long)
 GROUP = 256
@@ -144,7 +147,8 @@ def can(op) -> bool:
 
 
 # -- the engines' own operations -------------------------------------------------------------------
-#: kernels that are not declared operations: column sums, the row gather, the BLAS level-1 ops
+#: kernels that are not declared operations: column sums, the row gather, the BLAS level-1 ops,
+#: the uniform draw
 BASE = """
 /* out[j] = sum over rows of x[i, j]: one work-item per column, deterministic, no atomics. */
 KERNEL sum_rows(GLOBAL const T *x, const I x0, GLOBAL T *out, const I out0, const I rows, const I n)
@@ -170,7 +174,10 @@ KERNEL scal(const T alpha, GLOBAL T *x, const I x0, const I n)
 {
     FOR_EACH(i, n) x[x0 + i] *= alpha;
 }
-"""
+""" + UNIFORM
+
+#: the names of the BASE kernels
+BASE_NAMES = tuple(re.findall(r"KERNEL (\w+)\(", BASE))
 
 #: out = src[idx] by rows, indices clipped into range like numpy.take(mode="clip"); S the data
 #: type, IX the index type

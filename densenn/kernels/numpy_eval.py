@@ -85,3 +85,34 @@ def numpy_form(arrays: str, scalars: str, body: str):
         for n in writes:
             np.copyto(args[names.index(n)], env[n], casting="unsafe")  # type: ignore[arg-type]
     return run
+
+
+# -- helpers for the allocation-free NumPy forms of the built-in operations ---------------------
+def per_row(ufunc, x, v, out):
+    """out[i, j] = ufunc(x[i, j], v[i]) for an (n, m) ``x`` and an (n,) ``v``; returns out.
+
+    A 2-D ufunc call that broadcasts a vector makes NumPy copy it into an iteration
+    buffer (tens of KiB, every call); 1-D calls along the shorter side of ``x`` need
+    none, so a training step stays allocation-free.
+    """
+    n, m = x.shape
+    if m <= n:
+        for j in range(m):
+            ufunc(x[:, j], v, out=out[:, j])
+    else:
+        for i in range(n):
+            ufunc(x[i], v[i], out=out[i])
+    return out
+
+
+def per_col(ufunc, x, v, out):
+    """out[i, j] = ufunc(x[i, j], v[j]) for an (n, m) ``x`` and an (m,) ``v`` (a bias-like
+    vector), without NumPy's broadcasting buffer (see per_row); returns out."""
+    n, m = x.shape
+    if n <= m:
+        for i in range(n):
+            ufunc(x[i], v, out=out[i])
+    else:
+        for j in range(m):
+            ufunc(x[:, j], v[j], out=out[:, j])
+    return out

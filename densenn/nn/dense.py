@@ -20,30 +20,51 @@ convention. Negate ``b`` to reproduce the seed's numbers.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
+from typing import Any
 
 from densenn.errors import DensennError, check_choice, check_positive_int
 from densenn.nn.activation import Activation, ActivationFn, get_activation
-from densenn.nn.init import INITIALIZERS
+from densenn.nn.init import INITIALIZERS, default_init, init_weights
+from densenn.nn.layer import LAYER_TYPES, Inference, Layer, TrainingLayer
+
+_NORMS = {"batch": "batchnorm", "layer": "layernorm", None: None, "none": None}
 
 
-@dataclass(frozen=True)
-class Dense:
+@dataclass(frozen=True, eq=True)
+class Dense(Layer):
     """A fully-connected layer: ``units`` outputs, an activation, an initialiser.
 
-    ``init=None`` picks He for ReLU-like activations and Glorot otherwise.
+    ``init=None`` picks He for ReLU-like activations, LeCun for SELU and Glorot
+    otherwise. ``norm="batch"`` or ``"layer"`` normalises the linear part before the
+    activation: ``Dense(256, "relu", norm="batch")`` is the three layers
+    ``Dense(256, "linear"), BatchNorm(), "relu"`` (the initialiser still chosen for relu).
     """
 
     units: int
     activation: str | Activation = "relu"
     init: str | None = None
+    norm: str | None = None
+
+    type = "dense"
+    config_keys = (("units", "activation"), ("init",))
 
     def __post_init__(self):
         check_positive_int("units", self.units)
         get_activation(self.activation)
         if self.init is not None:
             check_choice("init", self.init, INITIALIZERS)
+        if self.norm is not None:
+            check_choice("norm", self.norm, ("batch", "layer", "none"))
+            if self.norm == "none":
+                object.__setattr__(self, "norm", None)
+
+    def __eq__(self, other):
+        # by what it builds: "relu" and ReLU() are the same activation
+        return isinstance(other, Dense) and (self.config(), self.norm) == (other.config(), other.norm)
+
+    def __hash__(self):
+        return hash((self.units, get_activation(self.activation).name, self.init, self.norm))
 
     def config(self) -> dict:
         return {"units": int(self.units), "activation": get_activation(self.activation).config(),
@@ -53,19 +74,42 @@ class Dense:
     def from_config(cls, cfg: dict) -> Dense:
         return cls(cfg["units"], get_activation(cfg["activation"]), cfg.get("init"))
 
+    def n_out(self, n_in: int) -> int:
+        return self.units
 
-class DenseInference:
+    def tensor_shapes(self, n_in: int) -> dict[str, tuple]:
+        return {"w": (self.units, n_in), "b": (self.units,)}
+
+    def expand(self) -> list[Layer]:
+        norm = _NORMS[self.norm]
+        if norm is None:
+            return [self]
+        act = get_activation(self.activation)
+        linear = Dense(self.units, "linear", self.init or default_init(act.name))
+        norm_layer: Any = LAYER_TYPES[norm]
+        activation_layer: Any = LAYER_TYPES["activation"]
+        return [linear, norm_layer(), activation_layer(act)]
+
+    def build(self, engine, n_in, dtype, rng, seed, index):
+        act = get_activation(self.activation)
+        w = init_weights(n_in, self.units, self.init or default_init(act.name), rng)
+        return DenseInference(engine, n_in, self.units, act, dtype, w=engine.to_engine(w, dtype),
+                              b=engine.zeros((self.units,), dtype))
+
+
+class DenseInference(Inference):
     """The seed's ``FullyConnectedInference``: owns ``w`` and ``b``, any batch size.
 
     ``w`` is ``(n_out, n_in)``, ``b`` is ``(n_out,)``, both engine arrays.
     """
 
+    #: the layer's tensors in a model file (``layers.{i}.{name}``): its parameters, no other state
+    param_names = ("w", "b")
+
     def __init__(self, engine, n_in: int, n_out: int, activation, dtype, w=None, b=None):
-        self.engine = engine
-        self.n_in = check_positive_int("n_in", n_in)
+        super().__init__(engine, check_positive_int("n_in", n_in), dtype)
         self.n_out = check_positive_int("units", n_out)
         self.activation = get_activation(activation)
-        self.dtype = dtype
         self.w = engine.zeros((n_out, n_in), dtype) if w is None else w
         self.b = engine.zeros((n_out,), dtype) if b is None else b
 
@@ -84,34 +128,18 @@ class DenseInference:
         work.release()
         return a
 
-    #: the layer's tensors in a model file (``layers.{i}.{name}``), in the order of its parameters
-    tensor_names = ("w", "b")
+    def describe(self) -> str:
+        return self.activation.name
 
-    @property
-    def params(self) -> tuple:
-        return self.w, self.b
-
-    def nbytes(self) -> int:
-        return sum(self.engine.nbytes(buf) for buf in (self.w, self.b) if buf is not None)
-
-    def release(self):
-        for name in ("w", "b"):
-            buf = getattr(self, name)
-            if buf is not None:
-                self.engine.release(buf)
-                setattr(self, name, None)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
+    def training(self, x, batch: int, folded: bool = False) -> DenseTraining:
+        """The training layer reading ``x`` (FoldedSGDDense when ``folded``)."""
+        return (FoldedSGDDense if folded else DenseTraining)(self, x, batch)
 
     def __repr__(self):
         return f"DenseInference({self.n_in}→{self.n_out}, {self.activation.name})"
 
 
-class DenseTraining:
+class DenseTraining(TrainingLayer):
     """The seed's ``FullyConnectedTraining``: a fixed batch, shared ``w``/``b``, own buffers.
 
     ``x`` is the input buffer: the network's batch for the first layer, the
@@ -126,23 +154,22 @@ class DenseTraining:
     ``forward_linear()`` and ``backward_from_delta`` for a cost that writes ∂C/∂z itself.
     """
 
+    activations = ("z", "a")
+    gradients = ("dw", "db")
+    #: weight decay applies to w, not to b
+    decays = (True, False)
+
     def __init__(self, inference: DenseInference, x, batch: int | None = None):
-        engine = inference.engine
         batch = x.shape[0] if batch is None else check_positive_int("batch_size", batch)
-        if tuple(x.shape) != (batch, inference.n_in):
-            raise DensennError(f"layer input must have shape ({batch}, {inference.n_in}), got {tuple(x.shape)}")
-        self.engine = engine
-        self.inference = inference
+        super().__init__(inference, x, batch)
+        engine = self.engine
         self.w, self.b = inference.w, inference.b     # shared, not copied
-        self.x = x
-        self.batch = batch
         dtype = inference.dtype
         self.z = engine.empty((batch, inference.n_out), dtype)
         self.a = engine.empty((batch, inference.n_out), dtype)
         self.dw = self._gradient_buffer(engine, inference.w.shape, dtype)
         self.db = engine.zeros(inference.b.shape, dtype)
         self.activ_fn = ActivationFn.for_layer(inference.activation, engine, batch, inference.n_out, dtype)
-        self._owner = True
 
     @staticmethod
     def _gradient_buffer(engine, shape, dtype):
@@ -152,18 +179,6 @@ class DenseTraining:
     def after(cls, inference: DenseInference, previous: DenseTraining) -> DenseTraining:
         """The layer that reads ``previous.a`` (the seed's two-argument ``training-layer``)."""
         return cls(inference, previous.a, previous.batch)
-
-    # -- what the optimizer sees ---------------------------------------------------
-    @property
-    def params(self) -> tuple:
-        return self.w, self.b
-
-    @property
-    def grads(self) -> tuple:
-        return self.dw, self.db
-
-    #: weight decay applies to w, not to b
-    decays = (True, False)
 
     # -- the two passes ------------------------------------------------------
     def forward(self):
@@ -198,49 +213,6 @@ class DenseTraining:
         if propagate:
             e.gemm(1.0, self.z, self.w, 0.0, self.x)
         return self.x
-
-    # -- partial batches --------------------------------------------------------
-    def rows(self, n: int) -> DenseTraining:
-        """A view of this layer working on the first ``n`` samples of the batch.
-
-        Shares every buffer (so nothing is allocated per step); used for the
-        last, smaller batch of an epoch. Releasing a view releases nothing.
-        """
-        if not 0 < n <= self.batch:
-            raise DensennError(f"rows must be in 1..{self.batch}, got {n}")
-        view = copy.copy(self)
-        view.x, view.z, view.a = self.x[:n], self.z[:n], self.a[:n]
-        view.activ_fn = self.activ_fn.rows(n)
-        view.batch = n
-        view._owner = False
-        return view
-
-    # -- memory ------------------------------------------------------------------
-    def nbytes(self) -> dict:
-        e = self.engine
-
-        def size(*bufs):        # a released layer owns nothing
-            return sum(e.nbytes(buf) for buf in bufs if buf is not None)
-
-        return {"activations": size(self.z, self.a), "gradients": size(self.dw, self.db),
-                "work": self.activ_fn.nbytes()}
-
-    def release(self):
-        """Release what this layer owns (z, a, dw, db, activation work); w, b stay with the inference layer."""
-        if not self._owner:
-            return
-        for name in ("z", "a", "dw", "db"):
-            buf = getattr(self, name)
-            if buf is not None:
-                self.engine.release(buf)
-                setattr(self, name, None)
-        self.activ_fn.release()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
 
     def __repr__(self):
         return f"DenseTraining({self.inference.n_in}→{self.inference.n_out}, batch={self.batch})"

@@ -9,7 +9,8 @@ from densenn.errors import check_positive_float, check_positive_int
 
 
 def numerical_gradients(net, x, y, cost=None, eps: float = 1e-6, max_entries: int = 200, seed: int = 0):
-    """Central differences (C(θ+ε) - C(θ-ε)) / 2ε for (a sample of) every weight and bias.
+    """Central differences (C(θ+ε) - C(θ-ε)) / 2ε for (a sample of) every parameter, of the
+    training-mode cost (``net.training_loss``: batch statistics, fixed dropout masks).
 
     Returns ``[(dw, db), ...]`` shaped like ``net.get_weights()`` and a matching
     list of boolean masks saying which entries were computed (all of them when a
@@ -23,12 +24,12 @@ def numerical_gradients(net, x, y, cost=None, eps: float = 1e-6, max_entries: in
 
     def loss(ws):
         net.set_weights(ws)
-        return net.evaluate(x, y, cost=cost)["loss"]
+        return net.training_loss(x, y, cost=cost)
 
     try:
         for li in range(len(weights)):
             pair_grads, pair_masks = [], []
-            for pi in range(2):
+            for pi in range(len(weights[li])):
                 param = weights[li][pi]
                 flat = param.reshape(-1)
                 chosen = np.arange(flat.size) if flat.size <= max_entries else \

@@ -1,4 +1,4 @@
-"""Weight initialisation: Glorot/Xavier and He, normal and uniform.
+"""Weight initialisation: Glorot/Xavier and He, normal and uniform, and LeCun normal.
 
 Weights are drawn on the host in float64 from a NumPy Generator and transferred
 once, so the same seed gives the same initial network on every engine and in
@@ -22,11 +22,16 @@ _SCHEMES = {
 }
 INITIALIZERS = tuple(_SCHEMES)
 
-# ReLU-like activations lose half their variance; He's gain 2/fan_in restores it.
-_HE_FOR = {"relu", "leaky_relu", "elu"}
+# ReLU-like activations lose half their variance; He's gain 2/fan_in restores it. Their
+# smooth forms keep 0.36 (silu) to 0.45 (mish) of it for a unit normal z (relu: 0.5).
+_HE_FOR = {"relu", "leaky_relu", "elu", "gelu", "gelu_tanh", "silu", "mish"}
+# SELU self-normalises (mean 0, variance 1 layer after layer) from LeCun's Var = 1/fan_in.
+_LECUN_FOR = {"selu"}
 
 
 def default_init(activation_name: str) -> str:
+    if activation_name in _LECUN_FOR:
+        return "lecun_normal"
     return "he_normal" if activation_name in _HE_FOR else "glorot_uniform"
 
 

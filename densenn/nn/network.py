@@ -7,6 +7,7 @@ cost, and runs one allocation-free training step; ``fit`` (densenn.training) loo
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -15,15 +16,19 @@ from densenn import modelfile
 from densenn.backend import check_dtype, get_engine
 from densenn.errors import DensennError, check_matrix, check_nonnegative_int, check_positive_int, describe
 from densenn.nn.activation import get_activation
+from densenn.nn.activation_layer import ActivationLayer
 from densenn.nn.cost import get_cost
 from densenn.nn.dense import Dense, DenseInference
-from densenn.nn.init import default_init, init_weights
+from densenn.nn.dropout import Dropout
+from densenn.nn.layer import expand_layers, layer_type
 from densenn.nn.metrics import confusion_matrix, count_correct
+from densenn.nn.norm import BatchNorm, LayerNorm
 from densenn.nn.targets import LABEL_DTYPE, index_dtype, prepare_targets
 from densenn.nn.trainer import TrainingNetwork
 from densenn.training import fit
 
-__all__ = ["Network", "Dense", "TrainingNetwork", "prepare_targets", "index_dtype", "LABEL_DTYPE"]
+__all__ = ["Network", "Dense", "Dropout", "BatchNorm", "LayerNorm", "ActivationLayer", "TrainingNetwork",
+           "prepare_targets", "index_dtype", "LABEL_DTYPE"]
 
 # -- the network ---------------------------------------------------------------------------
 class Network:
@@ -31,7 +36,9 @@ class Network:
 
     >>> net = Network(784, [Dense(256, "relu"), Dense(10, "softmax")], engine="cpu", seed=0)
 
-    ``n_in`` is the number of input features; ``layers`` a list of ``Dense``;
+    ``n_in`` is the number of input features; ``layers`` a list of layers: ``Dense``,
+    ``Dropout``, ``BatchNorm``, ``LayerNorm``, and activations (a name, an Activation or an
+    ``ActivationLayer``) as layers of their own;
     ``engine`` a name (``"cpu"``, ``"opencl"``, ``"cuda"``) or an engine; ``dtype``
     ``"float32"`` or ``"float64"``; ``seed`` fixes the initial weights and the
     shuffling in ``fit``.
@@ -39,31 +46,16 @@ class Network:
 
     def __init__(self, n_in: int, layers, engine=None, dtype="float32", seed: int = 0):
         self.n_in = check_positive_int("n_in", n_in)
-        if isinstance(layers, Dense):
-            layers = [layers]
-        try:
-            layers = list(layers)
-        except TypeError:
-            raise DensennError(f"layers must be a list of densenn.Dense, got {describe(layers)}") from None
-        if not layers:
-            raise DensennError("layers must hold at least one densenn.Dense, got an empty list")
-        for i, spec in enumerate(layers):
-            if not isinstance(spec, Dense):
-                raise DensennError(f"layers[{i}] must be a densenn.Dense, got {describe(spec)}")
-        self.specs = layers
+        self.specs = expand_layers(layers)
         self.seed = check_nonnegative_int("seed", seed)
         self.engine = get_engine(engine)
         self.dtype = check_dtype(self.engine, dtype)
         rng = np.random.default_rng(self.seed)
-        self.layers: list[DenseInference] = []
+        self.layers: list = []
         fan_in = self.n_in
-        for spec in layers:
-            act = get_activation(spec.activation)
-            w = init_weights(fan_in, spec.units, spec.init or default_init(act.name), rng)
-            self.layers.append(DenseInference(
-                self.engine, fan_in, spec.units, act, self.dtype,
-                w=self.engine.to_engine(w, self.dtype), b=self.engine.zeros((spec.units,), self.dtype)))
-            fan_in = spec.units
+        for index, spec in enumerate(self.specs):
+            self.layers.append(spec.build(self.engine, fan_in, self.dtype, rng, self.seed, index))
+            fan_in = spec.n_out(fan_in)
         # a separate stream for shuffling, so fit's batches don't depend on the layer count
         self._shuffle_rng = np.random.default_rng([self.seed, 1])
         self._trainer: TrainingNetwork | None = None
@@ -78,7 +70,7 @@ class Network:
         # the engine (threads, device handles) does not pickle: the architecture, the weights,
         # the engine's name and the shuffling stream's state do, and rebuild the network
         self._check_alive()
-        return (_unpickle, (self.config(), self.engine.name, self.get_weights(),
+        return (_unpickle, (self.config(), self.engine.name, self.tensors(), self._steps(),
                             self._shuffle_rng.bit_generator.state, self.history))
 
     def _check_alive(self):
@@ -89,73 +81,131 @@ class Network:
     # -- description ---------------------------------------------------------------
     @property
     def n_out(self) -> int:
-        return self.specs[-1].units
+        return self.layers[-1].n_out
+
+    @property
+    def output_activation(self) -> str | None:
+        """The name of the last layer's activation (None when the last layer has none)."""
+        act = getattr(self.layers[-1], "activation", None)
+        return None if act is None else act.name
+
+    def folds_sgd(self) -> bool:
+        """Whether plain SGD can fold into the GEMMs: only Dense layers have parameters."""
+        return all(isinstance(layer, DenseInference) or not layer.params for layer in self.layers)
 
     def config(self) -> dict:
         return {"n_in": self.n_in, "layers": [s.config() for s in self.specs],
                 "dtype": self.dtype.name, "seed": self.seed}
 
     def __repr__(self):
-        arch = "-".join([str(self.n_in)] + [f"{s.units}{get_activation(s.activation).name[:4]}" for s in self.specs])
-        return f"Network({arch}, engine={self.engine.name!r}, dtype={self.dtype.name!r})"
+        parts = [str(self.n_in)]
+        for spec in self.specs:
+            if isinstance(spec, Dense):
+                parts.append(f"{spec.units}{get_activation(spec.activation).name[:4]}")
+            elif isinstance(spec, Dropout):
+                parts.append(f"drop{spec.rate:g}")
+            elif isinstance(spec, ActivationLayer):
+                parts.append(spec.activation.name[:4])
+            else:
+                parts.append(_SHORT[spec.type])
+        return f"Network({'-'.join(parts)}, engine={self.engine.name!r}, dtype={self.dtype.name!r})"
 
     def summary(self) -> str:
-        """A table of layers, shapes and parameter counts."""
-        lines = [f"{'layer':<8}{'shape':>14}{'activation':>14}{'params':>12}"]
-        total = 0
-        for i, layer in enumerate(self.layers):
-            n = layer.n_in * layer.n_out + layer.n_out
+        """A table of layers, shapes and parameter counts (trainable; BatchNorm's running
+        statistics are counted apart)."""
+        lines = [f"{'layer':<8}{'type':<12}{'shape':>14}{'activation':>14}{'params':>12}"]
+        total = state = 0
+        for i, (spec, layer) in enumerate(zip(self.specs, self.layers)):
+            n = sum(int(np.prod(p.shape)) for p in layer.params)
             total += n
-            lines.append(f"{i:<8}{f'{layer.n_in}→{layer.n_out}':>14}{layer.activation.name:>14}{n:>12,}")
-        lines.append(f"total params: {total:,}  ({self.dtype.name}, engine {self.engine.name})")
+            state += sum(int(np.prod(b.shape)) for b in layer.buffers)
+            lines.append(f"{i:<8}{spec.type:<12}{f'{layer.n_in}→{layer.n_out}':>14}{layer.describe():>14}{n:>12,}")
+        kept = f", {state:,} running statistics" if state else ""
+        lines.append(f"total params: {total:,}{kept}  ({self.dtype.name}, engine {self.engine.name})")
         return "\n".join(lines)
 
     # -- weights --------------------------------------------------------------------
+    def _with_params(self) -> list:
+        """The layers that have parameters, in order (those get_weights lists)."""
+        return [layer for layer in self.layers if layer.params]
+
     def get_weights(self) -> list[tuple[np.ndarray, ...]]:
-        """[(w, b), ...] as NumPy copies; w is (out, in), b is (out,)."""
+        """One tuple of NumPy copies per layer that has parameters, in order: Dense ``(w, b)``
+        (w is (out, in), b is (out,)), BatchNorm and LayerNorm ``(gamma, beta)``."""
         self._check_alive()
-        return [tuple(self.engine.to_host(p) for p in layer.params) for layer in self.layers]
+        return [tuple(self.engine.to_host(p) for p in layer.params) for layer in self._with_params()]
 
     def set_weights(self, weights) -> None:
-        """Overwrite every layer's weights from [(w, b), ...] (NumPy arrays of the shapes get_weights gives)."""
+        """Overwrite every layer's parameters from the list ``get_weights`` gives (same shapes)."""
         self._check_alive()
+        layers = self._with_params()
         try:
             weights = list(weights)
         except TypeError:
-            raise DensennError(f"weights must be a list of (w, b) pairs, got {describe(weights)}") from None
-        if len(weights) != len(self.layers):
-            raise DensennError(f"weights must hold {len(self.layers)} (w, b) pairs, got {len(weights)}")
+            raise DensennError(f"weights must be a list of tuples such as (w, b), got {describe(weights)}") from None
+        if len(weights) != len(layers):
+            raise DensennError(f"weights must hold {len(layers)} tuples (one per layer with parameters: "
+                               f"{', '.join('(' + ', '.join(la.param_names) + ')' for la in layers)}), "
+                               f"got {len(weights)}")
         checked = []
-        for i, (pair, layer) in enumerate(zip(weights, self.layers)):
-            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                raise DensennError(f"weights[{i}] must be a (w, b) pair, got {describe(pair)}")
-            w = check_matrix(f"weights[{i}][0] (w)", pair[0], dtype=self.dtype)
-            if w.shape != (layer.n_out, layer.n_in):
-                raise DensennError(f"weights[{i}][0] (w) must have shape ({layer.n_out}, {layer.n_in}), got {w.shape}")
-            b = np.asarray(pair[1])
-            if b.shape != (layer.n_out,):
-                raise DensennError(f"weights[{i}][1] (b) must be a finite vector of shape ({layer.n_out},), "
-                                   f"got {describe(b)}")
-            b = check_matrix(f"weights[{i}][1] (b)", b.reshape(1, -1), dtype=self.dtype)[0]
-            checked.append((w, b))
+        for i, (group, layer) in enumerate(zip(weights, layers)):
+            names = layer.param_names
+            if not isinstance(group, (tuple, list)) or len(group) != len(names):
+                what = "pair" if len(names) == 2 else "tuple"
+                raise DensennError(f"weights[{i}] must be a ({', '.join(names)}) {what}, got {describe(group)}")
+            checked.append([self._checked_tensor(f"weights[{i}][{k}] ({name})", value, tuple(p.shape))
+                            for k, (name, value, p) in enumerate(zip(names, group, layer.params))])
         with self._lock:
-            for (w, b), layer in zip(checked, self.layers):
-                self.engine.upload(w, layer.w)
-                self.engine.upload(b, layer.b)
+            for values, layer in zip(checked, layers):
+                for value, p in zip(values, layer.params):
+                    self.engine.upload(value, p)
+
+    def _checked_tensor(self, name: str, value, shape: tuple) -> np.ndarray:
+        """``value`` as a finite array of the network's dtype and ``shape``; DensennError naming it."""
+        if len(shape) == 2:
+            x = check_matrix(name, value, dtype=self.dtype)
+            if x.shape != shape:
+                raise DensennError(f"{name} must have shape {shape}, got {x.shape}")
+            return x
+        v = np.asarray(value)
+        if v.shape != shape:
+            raise DensennError(f"{name} must be a finite vector of shape {shape}, got {describe(v)}")
+        return check_matrix(name, v.reshape(1, -1), dtype=self.dtype)[0]
 
     def tensors(self) -> dict[str, np.ndarray]:
-        """Every parameter as a NumPy copy, named as in a model file: ``layers.{i}.{name}``."""
+        """Every parameter and saved state (running statistics) as a NumPy copy, named as in a
+        model file: ``layers.{i}.{name}``."""
         self._check_alive()
         return {f"layers.{i}.{name}": self.engine.to_host(p) for i, layer in enumerate(self.layers)
-                for name, p in zip(layer.tensor_names, layer.params)}
+                for name, p in zip(layer.tensor_names, layer.params + layer.buffers)}
+
+    def set_tensors(self, tensors: dict) -> None:
+        """Overwrite every parameter and saved state from ``tensors`` (as ``tensors()`` names them)."""
+        self._check_alive()
+        expected = {f"layers.{i}.{name}": p for i, layer in enumerate(self.layers)
+                    for name, p in zip(layer.tensor_names, layer.params + layer.buffers)}
+        missing = sorted(set(expected) - set(tensors))
+        if missing:
+            raise DensennError(f"tensors is missing {', '.join(missing)}")
+        checked = {name: self._checked_tensor(name, tensors[name], tuple(p.shape)) for name, p in expected.items()}
+        with self._lock:
+            for name, p in expected.items():
+                self.engine.upload(checked[name], p)
+
+    def _steps(self) -> list[int]:
+        """The dropout layers' step counters (their masks' position in the random stream)."""
+        return [layer.steps for layer in self.layers if hasattr(layer, "steps")]
+
+    def _set_steps(self, steps) -> None:
+        for layer, n in zip([la for la in self.layers if hasattr(la, "steps")], steps):
+            layer.steps = n
 
     @classmethod
     def from_file_parts(cls, config: dict, tensors: dict, engine=None, dtype=None) -> Network:
         """The network a checked model file describes (see densenn.modelfile.read)."""
-        specs = [Dense.from_config(c) for c in config["layers"]]
-        net = cls(config["n_in"], specs, engine=engine, dtype=dtype or config["dtype"], seed=config.get("seed", 0))
-        net.set_weights([tuple(tensors[f"layers.{i}.{name}"] for name in layer.tensor_names)
-                         for i, layer in enumerate(net.layers)])
+        net = cls(config["n_in"], config_specs(config), engine=engine, dtype=dtype or config["dtype"],
+                  seed=config.get("seed", 0))
+        net.set_tensors(tensors)
         return net
 
     # -- inference ---------------------------------------------------------------------
@@ -195,7 +245,7 @@ class Network:
         return (p[:, 0] > 0.5).astype(np.int64) if self.n_out == 1 else p.argmax(axis=1)
 
     def default_cost(self) -> str:
-        last = self.layers[-1].activation.name
+        last = self.output_activation
         if last == "softmax":
             return "crossentropy"
         if last == "sigmoid":
@@ -238,6 +288,7 @@ class Network:
         ``gradients=False`` (for an optimizer whose updates fold into the GEMMs, plain SGD)
         needs no ∇w buffers; a trainer that has them serves that too."""
         cost = get_cost(cost)
+        gradients = gradients or not self.folds_sgd()
         t = self._trainer
         if t is None or t.batch != batch_size or type(t.cost) is not type(cost) or (gradients and not t.gradients):
             if t is not None:
@@ -257,24 +308,38 @@ class Network:
         self.optimizer, self.history = optimizer, history
 
     def gradients(self, x, y, cost=None) -> list[tuple[np.ndarray, ...]]:
-        """[(∂C/∂w, ∂C/∂b), ...] of the mean cost over all of (x, y), as NumPy arrays."""
+        """One tuple per layer with parameters (as ``get_weights``): the gradients of the mean
+        cost over all of (x, y) in training mode, as NumPy arrays. Dense ``(∂C/∂w, ∂C/∂b)``,
+        BatchNorm and LayerNorm ``(∂C/∂γ, ∂C/∂β)``; dropout uses the next step's masks."""
+        with self._lock, self._whole_batch(x, y, cost) as (tn, n):
+            tn.forward_backward(n, with_labels=False)
+            return [tuple(self.engine.to_host(g) for g in layer.grads) for layer in tn.layers if layer.params]
+
+    def training_loss(self, x, y, cost=None) -> float:
+        """The mean cost over all of (x, y) in training mode (what ``gradients`` differentiates:
+        batch statistics, the next step's dropout masks); ``evaluate`` gives the inference one."""
+        with self._lock, self._whole_batch(x, y, cost) as (tn, n):
+            return tn.loss(n)
+
+    @contextlib.contextmanager
+    def _whole_batch(self, x, y, cost):
+        """A training network holding all of (x, y) as one batch, released afterwards."""
         x = self._check_x(x)
-        targets, labels = prepare_targets(y, x.shape[0], self.n_out)
+        targets, _ = prepare_targets(y, x.shape[0], self.n_out)
         targets = check_matrix("y", targets, dtype=self.dtype)
         n = x.shape[0]
-        e = self.engine
-        with self._lock, TrainingNetwork(self, n, cost or self.default_cost()) as tn:
-            e.upload(x, tn.x)
-            e.upload(targets, tn.y)
-            tn.forward_backward(n, with_labels=False)
-            return [tuple(e.to_host(g) for g in layer.grads) for layer in tn.layers]
+        with TrainingNetwork(self, n, cost or self.default_cost()) as tn:
+            self.engine.upload(x, tn.x)
+            self.engine.upload(targets, tn.y)
+            yield tn, n
 
     # -- engines, memory, saving ---------------------------------------------------------
     def to_engine(self, engine, dtype=None) -> Network:
         """A copy of this network (same weights) on another engine and/or dtype."""
         self._check_alive()
         other = Network(self.n_in, self.specs, engine=engine, dtype=dtype or self.dtype, seed=self.seed)
-        other.set_weights(self.get_weights())
+        other.set_tensors(self.tensors())
+        other._set_steps(self._steps())
         return other
 
     def nbytes(self) -> dict:
@@ -314,11 +379,20 @@ class Network:
         self.release()
 
 
-def _unpickle(config, engine_name, weights, shuffle_state, history) -> Network:
+_SHORT = {"batchnorm": "bn", "layernorm": "ln", "activation": "act"}
+
+
+def config_specs(config: dict) -> list:
+    """The layer specs of a network's config (a Dense layer where a layer has no "type")."""
+    return [layer_type(cfg, f"config.layers[{i}]").from_config(cfg) for i, cfg in enumerate(config["layers"])]
+
+
+def _unpickle(config, engine_name, tensors, steps, shuffle_state, history) -> Network:
     """The network ``Network.__reduce__`` describes, on the engine of that name here."""
-    net = Network(config["n_in"], [Dense.from_config(c) for c in config["layers"]], engine=engine_name,
-                  dtype=config["dtype"], seed=config["seed"])
-    net.set_weights(weights)
+    net = Network(config["n_in"], config_specs(config), engine=engine_name, dtype=config["dtype"],
+                  seed=config["seed"])
+    net.set_tensors(tensors)
+    net._set_steps(steps)
     net._shuffle_rng.bit_generator.state = shuffle_state
     net.history = history
     return net

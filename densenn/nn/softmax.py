@@ -10,25 +10,9 @@ import math
 
 import numpy as np
 
+from densenn.kernels.numpy_eval import per_row
 from densenn.kernels.ops import RowMap
 from densenn.nn.activation import Activation, ActivationOps, register_activation
-
-
-def _per_row(ufunc, x, v, out):
-    """out[i, j] = ufunc(x[i, j], v[i]) for an (n, m) ``x`` and an (n,) ``v``; returns out.
-
-    A 2-D ufunc call that broadcasts ``v`` makes NumPy copy it into an iteration
-    buffer (up to 8192 elements, every call); 1-D calls along the shorter side of
-    ``x`` need none, so the step stays allocation-free.
-    """
-    n, m = x.shape
-    if m <= n:
-        for j in range(m):
-            ufunc(x[:, j], v, out=out[:, j])
-    else:
-        for i in range(n):
-            ufunc(x[i], v[i], out=out[i])
-    return out
 
 
 class Softmax(Activation):
@@ -46,10 +30,10 @@ class Softmax(Activation):
     def np_activ(self, z, a, work=None):
         work = np.empty((z.shape[0], 1), z.dtype) if work is None else work
         np.max(z, axis=1, keepdims=True, out=work)
-        _per_row(np.subtract, z, work[:, 0], a)          # shifted by the row max: no overflow
+        per_row(np.subtract, z, work[:, 0], a)          # shifted by the row max: no overflow
         np.exp(a, out=a)
         np.sum(a, axis=1, keepdims=True, out=work)
-        return _per_row(np.divide, a, work[:, 0], a)
+        return per_row(np.divide, a, work[:, 0], a)
 
     def np_prime(self, z, work=None):
         self.np_activ(z, z, work)
@@ -62,7 +46,7 @@ class Softmax(Activation):
         work = np.empty((z.shape[0], 1), z.dtype) if work is None else work
         self.np_activ(z, z, work)                        # z = s
         np.einsum("ij,ij->i", z, a, out=work[:, 0])      # Σ_j s_j g_j per sample
-        _per_row(np.subtract, a, work[:, 0], a)          # a is scratch once read
+        per_row(np.subtract, a, work[:, 0], a)          # a is scratch once read
         return np.multiply(z, a, out=z)
 
 

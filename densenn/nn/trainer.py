@@ -32,22 +32,27 @@ class TrainingNetwork:
         self.cost_work = e.empty((batch, net.n_out), dt)
         self.metric_work = e.empty((batch,), index_dtype(e))
         self.acc = e.zeros((2,), dt)
-        kind = DenseTraining if gradients else FoldedSGDDense
         self.folded = not gradients
+        if self.folded and not net.folds_sgd():
+            raise DensennError("this network has layers other than Dense with parameters: plain SGD cannot fold "
+                               "into its GEMMs (make the trainer with gradients=True)")
         self.layers: list = []
-        previous = None
+        x = self.x
         for inference in net.layers:
-            layer = kind(inference, self.x, batch) if previous is None else kind.after(inference, previous)
-            self.layers.append(layer)
-            previous = layer
-        last = net.layers[-1].activation.name
-        # ∂C/∂z = a - y when the output activation is the cost's partner
-        self.fused = self.cost.pairs_with == last
+            self.layers.append(inference.training(x, batch, self.folded))
+            x = self.layers[-1].a
+        last = self.layers[-1]
+        # ∂C/∂z = a - y when the output layer is a Dense one whose activation is the cost's partner
+        self.fused = isinstance(last, DenseTraining) and self.cost.pairs_with == last.inference.activation.name
         # softmax + cross-entropy against class labels: one kernel where the engine has it
         self.head = self.fused and self.cost.fused_head is not None and e.can(self.cost.fused_head)
         self.params = [p for layer in self.layers for p in layer.params]
         self.grads = [] if self.folded else [g for layer in self.layers for g in layer.grads]
         self.decays = [d for layer in self.layers for d in layer.decays]
+        # layers with state a training step moves on (a dropout mask's counter, running statistics)
+        self.advancing = [i for i, layer in enumerate(self.layers) if hasattr(layer, "advance")]
+        # at least 2 rows per batch where a layer normalises over the batch
+        self.min_rows = max([getattr(layer, "min_rows", 1) for layer in self.layers])
         self._views = {batch: self._buffers()}
         # scratch for the signals of a folded SGD step (see DenseTraining.backward), made at
         # the first such step: one flat buffer viewed per layer and batch size
@@ -90,12 +95,14 @@ class TrainingNetwork:
         return not self.folded
 
     def signals(self, n: int) -> list:
-        """Per layer, the (n, n_in) scratch its folded update writes its signal into (None for the first)."""
+        """Per layer, the (n, n_in) scratch its folded update writes its signal into (None for the
+        first layer, which sends none, and for layers that fold nothing)."""
         if n not in self._signal_views:
-            widths = [layer.inference.n_in for layer in self.layers[1:]]    # no signal below the first layer
-            if self.signal is None and widths:
+            widths = [layer.inference.n_in if i and isinstance(layer, FoldedSGDDense) else 0
+                      for i, layer in enumerate(self.layers)]
+            if self.signal is None and max(widths) > 0:
                 self.signal = self.engine.empty((self.batch * max(widths),), self.net.dtype)
-            self._signal_views[n] = [None] + [self.signal[:n * k].reshape(n, k) for k in widths]
+            self._signal_views[n] = [self.signal[:n * k].reshape(n, k) if k else None for k in widths]
         return self._signal_views[n]
 
     def forward_backward(self, n: int, with_labels: bool, update=None):
@@ -128,13 +135,24 @@ class TrainingNetwork:
             # views of one buffer can share it, as each layer's delta has read the signal from
             # above before its own GEMM writes the next one
             for layer, signal in zip(layers, self.signals(n)):
-                layer.update, layer.signal = update, signal
+                if isinstance(layer, FoldedSGDDense):
+                    layer.update, layer.signal = update, signal
         if self.fused:
             grad = last.backward_from_delta(propagate=len(layers) > 1, db_ready=head)
         else:
             grad = last.backward(propagate=len(layers) > 1)
         for i in range(len(layers) - 2, -1, -1):
             grad = layers[i].backward(grad, propagate=i > 0)
+
+    def loss(self, n: int) -> float:
+        """The mean cost of the first n loaded rows in training mode (batch statistics, this
+        step's dropout masks), without a backward pass; nothing is advanced."""
+        layers, _, y, _, work, _ = self.views(n)
+        for layer in layers:
+            layer.forward()
+        self.engine.fill(self.acc, 0.0)
+        self.cost.value(self.engine, layers[-1].a, y, work, self.acc[0:1])
+        return self.read_acc()[0] / n
 
     def step(self, n: int, optimizer, epoch: float, with_labels: bool):
         """One training step on the first n rows of the loaded batch.
@@ -148,6 +166,10 @@ class TrainingNetwork:
         self.forward_backward(n, with_labels, update)
         if update is None:
             optimizer.step(self.params, self.grads, self.decays, epoch)
+        if self.advancing:
+            layers = self.views(n)[0]
+            for i in self.advancing:
+                layers[i].advance()
 
     def read_acc(self, reset: bool = True):
         """(Σ loss, Σ correct) read from the engine, then zeroed."""

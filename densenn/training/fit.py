@@ -71,6 +71,10 @@ def fit(net, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=
 
     e, dt = net.engine, net.dtype
     tn = net.trainer(batch_size, cost, gradients=not optimizer.folds_into_gemm)
+    if tn.min_rows > 1 and (batch_size == 1 or n == 1 or n % batch_size == 1):
+        raise DensennError(f"batch_size={batch_size} with {n} samples gives a batch of 1 sample; BatchNorm needs "
+                           "at least 2 per batch in training (the variance of one sample is 0): choose another "
+                           "batch_size")
     optimizer.bind(e, tn.params, dt)
     optimizer.schedule.begin_fit(epochs)
 

@@ -21,6 +21,7 @@ from densenn.backend.cpu.fused import map_kernel, row_kernel
 from densenn.config import setting
 from densenn.errors import DensennError, check_positive_int
 from densenn.kernels.ops import RowMap
+from densenn.kernels.random import numpy_fill
 
 _GEMM = {np.dtype(np.float32): blas.sgemm, np.dtype(np.float64): blas.dgemm}
 _AXPY = {np.dtype(np.float32): blas.saxpy, np.dtype(np.float64): blas.daxpy}
@@ -49,6 +50,7 @@ class _Scratch(threading.local):
     def __init__(self):
         self.coefs: dict = {}       # (dtype, n) -> the scalars of an update kernel (see _coef)
         self.partials: dict = {}    # (dtype, width) -> row blocks' column sums (see delta)
+        self.hash: Any = None       # (index, h, t) uint64 for the NumPy form of uniform
 
 
 def _contiguous(arrays) -> bool:
@@ -223,6 +225,24 @@ class CPUEngine:
                              out.shape[0])
             return out
         return np.take(src, idx, axis=0, out=out, mode="clip")
+
+    def uniform(self, out, key: int):
+        """out = u(key, i) over its flat index i: uniform numbers in [0, 1), the same on every
+        engine (see densenn.kernels.random). Overwrites out."""
+        if not out.flags.c_contiguous:
+            raise DensennError(f"uniform: out must be C-contiguous, got strides {out.strides}")
+        flat = out.reshape(-1)
+        if self.fused:
+            cpu_fused.uniform_kernel()(flat, key)
+            return out
+        n = flat.shape[0]
+        scratch = self._scratch
+        if scratch.hash is None or scratch.hash[0].shape[0] < n:
+            # grown to the largest draw once: 0..n-1 and two words of scratch per element
+            scratch.hash = (np.arange(n, dtype=np.uint64), np.empty(n, np.uint64), np.empty(n, np.uint64))
+        index, h, t = scratch.hash
+        numpy_fill(flat, key, index[:n], h[:n], t[:n])
+        return out
 
     # -- declared operations (see densenn.kernels.ops) -------------------------------------
     # A large pass runs in row blocks on all cores (rows are independent; see threads.py),

@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from densenn.kernels import expr
+from densenn.kernels.random import python_fill
 
 try:
     import numba
@@ -92,6 +93,13 @@ def map_kernel(op, dtype, layout: str):
     if key not in _cache:
         _cache[key] = njit(python_kernel(op, dtype, layout))
     return _cache[key]
+
+
+def uniform_kernel():
+    """The Numba form of the engine's uniform draw (densenn.kernels.random), compiled once."""
+    if "uniform" not in _cache:
+        _cache["uniform"] = njit(python_fill)
+    return _cache["uniform"]
 
 
 def row_kernel(op):

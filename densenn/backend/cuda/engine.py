@@ -410,6 +410,12 @@ class CUDAEngine(DeclaredOps):
         self._base(x.dtype, "scal", x.size, (x.dtype.type(alpha), x, _I(0), _I(x.size)))
         return x
 
+    def uniform(self, out, key: int):
+        """out = u(key, i) over its flat index (see densenn.kernels.random). Overwrites out."""
+        self._contiguous("uniform", out)
+        self._base(out.dtype, "uniform", out.size, (out, _I(0), np.uint32(key), _I(out.size)))
+        return out
+
     def _contiguous(self, op: str, *arrays):
         self._check(*arrays)
         for x in arrays:

@@ -167,8 +167,7 @@ class OpenCLEngine:
             source = gpu.program("opencl", _CTYPES[dt], op, ltype=_CTYPES[ltype] if ltype is not None else "int")
             self._program(key, source, f"operation {op.name!r}", (op.name,))
         else:
-            self._program(key, gpu.program("opencl", _CTYPES[dt]), "the basic operations",
-                          ("sum_rows", "add_bias", "axpy", "scal"))
+            self._program(key, gpu.program("opencl", _CTYPES[dt]), "the basic operations", gpu.BASE_NAMES)
         return self._kernels[key + (name,)]
 
     # -- checks ----------------------------------------------------------------------------
@@ -370,6 +369,13 @@ class OpenCLEngine:
         dt = self._float("scal", "x", x)
         self._kernel(dt, "scal").over(self.queue, x.size, dt.type(alpha), *x_arg)
         return x
+
+    def uniform(self, out, key: int):
+        """out = u(key, i) over its flat index (see densenn.kernels.random). Overwrites out."""
+        out_arg = self._arg("uniform", "out", out)
+        dt = self._float("uniform", "out", out)
+        self._kernel(dt, "uniform").over(self.queue, out.size, *out_arg, np.uint32(key))
+        return out
 
     def copy(self, x, y):
         x_buf, x_off = self._arg("copy", "x", x)
