@@ -1,33 +1,25 @@
 """run.py's section ``mnist``: MNIST epochs (Adam, batch 128) beside the peers, interleaved."""
 from __future__ import annotations
 
-import gc
-import time
 
 import common
 import numpy as np
 import step_overhead as so
-from common import table
 from peers import jax_mlp, log, quiet_sklearn, sklearn_clf, torch_model, try_jax, try_sklearn, try_torch
 
 import densenn as dn
 
 
 def section_mnist(args, res):
-    from densenn.datasets import load_mnist
-
     torch, why = try_torch()
     has_sk, why_sk = try_sklearn()
     jax, why_jax = try_jax()
     sizes, acts, batch, lr = so.MNIST_SIZES, so.MNIST_ACTS, 128, 1e-3
     log(f"\n== MNIST {'-'.join(map(str, sizes))} ReLU/softmax, cross-entropy, Adam {lr}, batch {batch}, "
         f"shuffled each epoch, {args.epochs} epochs ==")
-    try:
-        data = load_mnist(common.MNIST_DIR)
-    except Exception as exc:
-        reason = f"MNIST not loadable from {common.MNIST_DIR}: {type(exc).__name__}: {exc}"
-        log(reason)
-        return {"skipped_all": reason}
+    data, skipped = common.load_mnist_or_skip(log)
+    if skipped:
+        return skipped
     xtr, ytr, xte, yte = data.x_train, np.asarray(data.y_train), data.x_test, np.asarray(data.y_test)
     n = len(xtr)
     net = dn.Network(sizes[0], [dn.Dense(u, a) for u, a in zip(sizes[1:], acts)], dtype="float32", seed=0)
@@ -119,23 +111,7 @@ def section_mnist(args, res):
             a0t = torch.softmax(model(Xte[:256]), 1).numpy()
         out["check_initial_forward_rel_err_torch"] = common.rel_err(a0, a0t)
         log(f"check: initial forward densenn vs PyTorch rel. err {out['check_initial_forward_rel_err_torch']:.1e}")
-    # epochs, interleaved: epoch e of every library before epoch e+1 of any
-    per = {k: {"seconds": [], "test_accuracy": []} for k in libs}
-    hdr = ["epoch"] + [f"{k} {c}" for k in libs for c in ("s", "acc %")]
-    log(table(hdr, []).splitlines()[0])
-    for epoch in range(args.epochs):
-        row = [str(epoch + 1)]
-        for name, (run_epoch, acc) in libs.items():
-            gc.collect()
-            common.settle()
-            t0 = time.perf_counter()
-            run_epoch()
-            dt = time.perf_counter() - t0
-            a = acc()
-            per[name]["seconds"].append(dt)
-            per[name]["test_accuracy"].append(a)
-            row += [f"{dt:.2f}", f"{100 * a:.2f}"]
-        log("  ".join(f"{c:>{max(len(h), 5)}}" for c, h in zip(row, hdr)))
+    per = common.interleaved_epochs(libs, args.epochs, log)
     for name, p in per.items():
         secs, accs = p["seconds"], p["test_accuracy"]
         p["median_s_per_epoch"] = float(np.median(secs))

@@ -402,3 +402,41 @@ def rel_err(a, b) -> float:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def interleaved_epochs(libs: dict, epochs: int, log) -> dict:
+    """Train every library epoch by epoch, interleaved: epoch e of each before epoch e+1 of any.
+
+    ``libs`` is {name: (run one epoch, test accuracy)}; each epoch is timed after the machine
+    settles, the accuracy measured outside the timed region; a row per epoch goes to ``log``.
+    Returns {name: {"seconds": [...], "test_accuracy": [...]}}.
+    """
+    per = {k: {"seconds": [], "test_accuracy": []} for k in libs}
+    hdr = ["epoch"] + [f"{k} {c}" for k in libs for c in ("s", "acc %")]
+    log(table(hdr, []).splitlines()[0])
+    for epoch in range(epochs):
+        row = [str(epoch + 1)]
+        for name, (run_epoch, acc) in libs.items():
+            gc.collect()
+            settle()
+            t0 = time.perf_counter()
+            run_epoch()
+            dt = time.perf_counter() - t0
+            a = acc()
+            per[name]["seconds"].append(dt)
+            per[name]["test_accuracy"].append(a)
+            row += [f"{dt:.2f}", f"{100 * a:.2f}"]
+        log("  ".join(f"{c:>{max(len(h), 5)}}" for c, h in zip(row, hdr)))
+    return per
+
+
+def load_mnist_or_skip(log):
+    """(MNIST from MNIST_DIR, None), or (None, a section's result saying why it was skipped)."""
+    from densenn.datasets import load_mnist
+
+    try:
+        return load_mnist(MNIST_DIR), None
+    except Exception as exc:
+        reason = f"MNIST not loadable from {MNIST_DIR}: {type(exc).__name__}: {exc}"
+        log(reason)
+        return None, {"skipped_all": reason}

@@ -3,7 +3,7 @@
 
     python benchmarks/run.py                  # everything (~10 min on 2 cores)
     python benchmarks/run.py --quick          # a smoke run: few epochs and repeats, seed at N=2000
-    python benchmarks/run.py --only mlp,seed  # some sections: mlp, seed, mnist, scaling, memory
+    python benchmarks/run.py --only mlp,seed  # some sections: mlp, seed, mnist, layers, scaling, memory
 
 Peers: PyTorch (CPU), scikit-learn's MLPClassifier, and JAX (a jit-compiled step) when
 ``import jax`` works. All get the same threads (``--threads``, default all usable CPUs),
@@ -14,7 +14,7 @@ docs/benchmarks.md for what each row means.
 
 This file is the driver (options, the sections in turn, the summary); each section is a
 module of its own: ``bench_mlp``, ``bench_seed``, ``bench_mnist``, ``bench_scaling``,
-``bench_memory``, with the peers in ``peers``.
+``bench_layers`` (MNIST with BatchNorm and Dropout), ``bench_memory``, with the peers in ``peers``.
 
 Writes ``benchmarks/results/run.json`` (machine description + every number) and
 ``benchmarks/results/scaling.png``. Exit status 1 if a correctness check failed.
@@ -28,6 +28,7 @@ import time
 import traceback
 from pathlib import Path
 
+import bench_layers
 import bench_memory
 import bench_mlp
 import bench_mnist
@@ -37,16 +38,21 @@ import common
 from common import fmt, ratio, table
 from peers import log
 
-SECTIONS = ("mlp", "seed", "mnist", "scaling", "memory")
+SECTIONS = ("mlp", "seed", "mnist", "layers", "scaling", "memory")
 #: each section: run(args, res) -> its part of run.json
 SECTION_FUNCTIONS = {"mlp": bench_mlp.section_mlp, "seed": bench_seed.section_seed,
-                     "mnist": bench_mnist.section_mnist, "scaling": bench_scaling.section_scaling,
+                     "mnist": bench_mnist.section_mnist, "layers": bench_layers.section_layers,
+                     "scaling": bench_scaling.section_scaling,
                      "memory": bench_memory.section_memory}
 TARGETS = {  # PERFORMANCE.md, CPU: densenn / PyTorch in the same run
     "mlp_step": 0.85,
     "seed_step": 1.0,
     "mnist_epoch": 0.5,
     "mnist_acc_points": 0.3,
+    # issue "Layers": MNIST 784-512-512-10 with BatchNorm and Dropout 0.2, 10 epochs
+    "layers_epoch": 0.6,
+    "layers_accuracy": 98.4,
+    "layers_acc_points": 0.2,
 }
 
 # -- summary ----------------------------------------------------------------------------------------
@@ -108,6 +114,24 @@ def summary(res, args):
                      fmt(ratio(s98[0], s98[1])),
                      cell(s98[2], e98[2]) if "scikit-learn" in p else "—", "",
                      cell(s98[3], e98[3]) if "JAX" in p else "—", "", "", "info"))
+    if "layers" in res and res["layers"].get("per_epoch"):
+        p = res["layers"]["per_epoch"]
+        ep = res["layers"]["epochs"]
+        dv, tv = (p.get(k, {}).get("median_s_per_epoch") for k in ("densenn", "PyTorch"))
+        r = ratio(dv, tv)
+        rows.append((f"MNIST 784-512-512-10 BatchNorm+Dropout Adam b128: time per epoch (median of {ep})", "s",
+                     fmt(dv), fmt(tv), fmt(r), "", "", "", "", f"≤ {TARGETS['layers_epoch']}× PyTorch",
+                     verdict(r, TARGETS["layers_epoch"])))
+        da, ta = (p.get(k, {}).get("final_accuracy") for k in ("densenn", "PyTorch"))
+        diff = None if da is None or ta is None else 100 * (da - ta)
+        ok = None if da is None else (100 * da >= TARGETS["layers_accuracy"] and
+                                      (diff is None or diff >= -TARGETS["layers_acc_points"]))
+        rows.append((f"MNIST BatchNorm+Dropout: test accuracy after {ep} epochs", "%",
+                     fmt(None if da is None else 100 * da), fmt(None if ta is None else 100 * ta),
+                     "" if diff is None else f"{diff:+.2f} pts", "", "", "", "",
+                     f"≥ {TARGETS['layers_accuracy']}% and ≥ PyTorch − {TARGETS['layers_acc_points']} pts"
+                     + ("" if ep >= 10 else f" (at 10 epochs; ran {ep})"),
+                     ("PASS" if ok else "MISS") if ep >= 10 and ok is not None else "info"))
     if "memory" in res:
         mm = res["memory"]
         for case, label in (("mlp", "MLP step: extra RSS peak over weights+data"),
@@ -134,6 +158,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke run: 3 epochs, 3 repeats, seed at N=2000")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
     p.add_argument("--epochs", type=int, default=None, help="MNIST epochs (default 20; --quick 3)")
+    p.add_argument("--layer-epochs", type=int, default=None,
+                   help="epochs of the BatchNorm+Dropout MNIST section (default 10; --quick 2)")
     p.add_argument("--repeats", type=int, default=None, help="timed samples per measurement (default 11; --quick 3); rows with a target take 2·repeats-1")
     p.add_argument("--seed-size", type=int, default=None, help="N of the seed benchmark (default 4000; --quick 2000)")
     p.add_argument("--threads", type=int, default=None, help="threads for every library (default: usable CPUs)")
@@ -143,6 +169,7 @@ def main(argv=None):
     args.threads = args.threads or common._cpu_info().get("usable_cpus") or 1
     args.epochs = args.epochs or (3 if args.quick else 20)
     args.repeats = args.repeats or (3 if args.quick else 11)
+    args.layer_epochs = args.layer_epochs or (2 if args.quick else 10)
     args.seed_size = args.seed_size or (2000 if args.quick else 4000)
     if args.child:
         _, lib, case = args.child.split(":")
