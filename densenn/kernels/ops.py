@@ -141,6 +141,9 @@ class RowMap(_Op):
 
     c_body: str | None = None
     numba: Callable | None = None
+    #: whether the Numba form may reorder its sums (SIMD reductions over a row; NaN and inf
+    #: are still honoured): for row statistics, whose order does not matter beyond rounding
+    reassociate: bool = False
 
 
 @dataclass(eq=False)

@@ -206,11 +206,11 @@ def _ln_backward_np(engine, arrays, scalars, work):
 
 
 LN_FORWARD = RowMap("ln_forward", "x gamma:col beta:col xhat a", writes="xhat a", scalars="eps",
-                    numba=_ln_forward, numpy=_ln_forward_np, c_body=_LN_STATS_C + """
+                    numba=_ln_forward, numpy=_ln_forward_np, reassociate=True, c_body=_LN_STATS_C + """
 for (I j = 0; j < cols; ++j) { xhat[j] = (x[j] - mean) * inv; a[j] = gamma[j] * xhat[j] + beta[j]; }
 """)
 LN_BACKWARD = RowMap("ln_backward", "g xhat gamma:col t x", writes="t x", scalars="eps",
-                     numba=_ln_backward, numpy=_ln_backward_np, c_body=_LN_STATS_C + """
+                     numba=_ln_backward, numpy=_ln_backward_np, reassociate=True, c_body=_LN_STATS_C + """
 T s1 = (T)0, s2 = (T)0;
 for (I j = 0; j < cols; ++j) { const T h = g[j] * gamma[j]; t[j] = h; s1 += h; s2 += h * xhat[j]; }
 for (I j = 0; j < cols; ++j) x[j] = inv * (t[j] - (s1 + xhat[j] * s2) / (T)cols);
