@@ -291,8 +291,9 @@ def test_summary_and_nbytes_count_the_new_layers():
     net.trainer(16, "crossentropy")
     plain.trainer(16, "crossentropy")
     extra = net.nbytes()["activations"] - plain.nbytes()["activations"]
-    # batchnorm a and x̂, the activation layer's a, dropout's a: four (16, 20) float32 buffers
-    assert extra == 4 * 16 * 20 * 4
+    # batchnorm a and x̂, the activation layer's a, dropout's a: four (16, 20) float32 buffers, less
+    # the linear Dense layer's a, which is its z
+    assert extra == 3 * 16 * 20 * 4
 
 
 # -- bad input --------------------------------------------------------------------------------------
@@ -326,3 +327,22 @@ def test_batchnorm_refuses_a_batch_of_one():
     with pytest.raises(dn.DensennError, match="at least 2"):
         net.gradients(X[:1], LABELS[:1])
     net.fit(X[:12], LABELS[:12], epochs=1, batch_size=4, progress=False)       # 2 or more: fine
+
+
+@pytest.mark.parametrize("hidden", [
+    lambda: [dn.Dense(8, "linear"), dn.Dense(6, "tanh")],           # a folded layer's signal into a linear one
+    lambda: [dn.Dense(8, "linear"), dn.Dropout(0.3), "relu"],        # a linear layer under dropout
+], ids=["linear-under-dense", "linear-under-dropout"])
+def test_a_linear_dense_layer_trains_as_any_other(hidden):
+    """A linear Dense layer's output is its z (no copy, no delta pass): folded plain SGD and the
+    update from gradients agree through it, and its gradients match finite differences."""
+    r = np.random.default_rng(8)
+    x, y = r.normal(size=(30, 5)), r.integers(0, 3, 30)
+    nets = [dn.Network(5, hidden() + [dn.Dense(3, "softmax")], dtype="float64", seed=2) for _ in range(2)]
+    nets[0].fit(x, y, epochs=3, batch_size=8, optimizer=dn.SGD(0.1), progress=False)
+    nets[1].fit(x, y, epochs=3, batch_size=8, optimizer=dn.SGD(0.1, momentum=1e-12), progress=False)
+    assert nets[0]._trainer.folded and not nets[1]._trainer.folded
+    for ga, gb in zip(nets[0].get_weights(), nets[1].get_weights()):
+        for a, b in zip(ga, gb):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    assert dn.check_gradients(nets[0], x[:12], y[:12]) < 1e-6

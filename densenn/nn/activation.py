@@ -350,9 +350,6 @@ class Linear(Activation):
     f = "z"
     df = "1"
 
-
-
-
     def np_activ(self, z, a, work=None):
         np.copyto(a, z)
         return a

@@ -166,7 +166,9 @@ class DenseTraining(TrainingLayer):
         self.w, self.b = inference.w, inference.b     # shared, not copied
         dtype = inference.dtype
         self.z = engine.empty((batch, inference.n_out), dtype)
-        self.a = engine.empty((batch, inference.n_out), dtype)
+        # a linear layer's a is its z: no copy forward, no delta pass backward (∂C/∂a = ∂C/∂z)
+        self.linear = inference.activation.name == "linear"
+        self.a = self.z if self.linear else engine.empty((batch, inference.n_out), dtype)
         self.dw = self._gradient_buffer(engine, inference.w.shape, dtype)
         self.db = engine.zeros(inference.b.shape, dtype)
         self.activ_fn = ActivationFn.for_layer(inference.activation, engine, batch, inference.n_out, dtype)
@@ -184,7 +186,10 @@ class DenseTraining(TrainingLayer):
     def forward(self):
         """z = x·wᵀ + b; a = f(z). Overwrites z and a."""
         self.forward_linear()
-        self.activ_fn.bias_activ(self.z, self.b, self.a)
+        if self.linear:
+            self.engine.add_bias(self.z, self.b)
+        else:
+            self.activ_fn.bias_activ(self.z, self.b, self.a)
         return self.a
 
     def forward_linear(self):
@@ -197,7 +202,12 @@ class DenseTraining(TrainingLayer):
         deltaᵀ·x, ``db`` = Σ delta (in the delta's pass where the engine can) and, when
         ``propagate``, ``x`` with delta·w: the signal for the layer below (the first
         layer's input is the user's batch and is not written). Returns the signal's buffer."""
-        self.activ_fn.delta(self.z, self.a if grad is None else grad, self.db)
+        if not self.linear:
+            self.activ_fn.delta(self.z, self.a if grad is None else grad, self.db)
+            return self._weights_and_signal(propagate)
+        if grad is not None:        # a signal left elsewhere (folded SGD's scratch)
+            self.engine.copy(grad, self.z)
+        self.engine.sum_rows(self.z, self.db)
         return self._weights_and_signal(propagate)
 
     def backward_from_delta(self, propagate: bool = True, db_ready: bool = False):

@@ -106,11 +106,13 @@ def layer_type(cfg, where: str) -> type[Layer]:
 def release_named(engine, owner, names) -> None:
     """Release the engine arrays ``owner`` holds under ``names`` and forget them (None), so
     that nothing stays reachable through a released layer."""
+    released = []
     for name in names:
         buf = getattr(owner, name)
-        if buf is not None:
+        if buf is not None and not any(buf is r for r in released):   # one buffer may have two names
             engine.release(buf)
-            setattr(owner, name, None)
+            released.append(buf)
+        setattr(owner, name, None)
 
 
 class TrainingLayer:
@@ -164,8 +166,10 @@ class TrainingLayer:
     def nbytes(self) -> dict:
         e = self.engine
 
-        def size(names):        # a released layer owns nothing
-            return sum(e.nbytes(buf) for buf in [getattr(self, n) for n in names] if buf is not None)
+        def size(names):        # a released layer owns nothing; a buffer with two names counts once
+            bufs = [getattr(self, n) for n in names]
+            return sum(e.nbytes(buf) for i, buf in enumerate(bufs)
+                       if buf is not None and not any(buf is other for other in bufs[:i]))
 
         work = size(self.work) + (self.activ_fn.nbytes() if self.activ_fn is not None else 0)
         return {"activations": size(self.activations), "gradients": size(self.gradients), "work": work}

@@ -142,7 +142,8 @@ class TrainingNetwork:
         else:
             grad = last.backward(propagate=len(layers) > 1)
         for i in range(len(layers) - 2, -1, -1):
-            grad = layers[i].backward(grad, propagate=i > 0)
+            # a signal written into the layer above's input is this layer's output: None says so
+            grad = layers[i].backward(None if grad is layers[i + 1].x else grad, propagate=i > 0)
 
     def loss(self, n: int) -> float:
         """The mean cost of the first n loaded rows in training mode (batch statistics, this
