@@ -106,7 +106,7 @@ def layer_type(cfg, where: str) -> type[Layer]:
 def release_named(engine, owner, names) -> None:
     """Release the engine arrays ``owner`` holds under ``names`` and forget them (None), so
     that nothing stays reachable through a released layer."""
-    released = []
+    released: list = []
     for name in names:
         buf = getattr(owner, name)
         if buf is not None and not any(buf is r for r in released):   # one buffer may have two names
