@@ -201,7 +201,7 @@ def _specs(config) -> list:
             raise DensennError(f"{name} must be a JSON object, got {describe(cfg)}")
         kind = layer_type(cfg, name)
         required, optional = kind.config_keys
-        _check_keys(name, cfg, required, optional + ("type",) if "type" in cfg else optional)
+        _check_keys(name, cfg, required, optional + ("type",))
         if kind is Dense:
             units = check_positive_int(f"{name}.units", cfg["units"])
             init = cfg.get("init")

@@ -36,6 +36,9 @@ class ActivationLayer(Layer):
     def __repr__(self):
         return f"ActivationLayer({self.activation.name!r})"
 
+    def short(self) -> str:
+        return self.activation.name[:4]
+
     def build(self, engine, n_in, dtype, rng, seed, index):
         return ActivationInference(engine, n_in, self.activation, dtype)
 

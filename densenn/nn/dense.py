@@ -77,6 +77,9 @@ class Dense(Layer):
     def n_out(self, n_in: int) -> int:
         return self.units
 
+    def short(self) -> str:
+        return f"{self.units}{get_activation(self.activation).name[:4]}"
+
     def tensor_shapes(self, n_in: int) -> dict[str, tuple]:
         return {"w": (self.units, n_in), "b": (self.units,)}
 

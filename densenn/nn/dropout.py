@@ -74,6 +74,9 @@ class Dropout(Layer):
     def __repr__(self):
         return f"Dropout({self.rate})"
 
+    def short(self) -> str:
+        return f"drop{self.rate:g}"
+
     def build(self, engine, n_in, dtype, rng, seed, index):
         return DropoutInference(engine, n_in, self.rate, dtype, seed, index)
 
@@ -92,6 +95,12 @@ class DropoutInference(Inference):
 
     def key(self) -> int:
         return random.key(self.seed, self.stream, self.steps)
+
+    def state(self) -> dict:
+        return {"steps": self.steps}
+
+    def load_state(self, state: dict) -> None:
+        self.steps = int(state["steps"])
 
     def describe(self) -> str:
         return f"rate {self.rate:g}"

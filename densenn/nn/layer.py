@@ -10,13 +10,15 @@ size, sharing the parameters (see ``DenseTraining`` for that protocol).
 
 The inference-layer protocol: ``n_in``, ``n_out``; ``params`` (trainable engine arrays,
 in the order of ``get_weights``) and ``param_names``; ``buffers`` and ``buffer_names``
-(saved state that is not trained, such as running statistics); ``layer(x)``;
+(saved state that is not trained, such as running statistics); ``state()`` and
+``load_state`` (other state: dropout's step count); ``layer(x)``;
 ``training(x, batch, folded)``; ``describe()`` (the activation column of ``summary``);
 ``nbytes()``; ``release()``. Specs register themselves under their ``type``, the name
 model files use.
 """
 from __future__ import annotations
 
+import abc
 import copy
 from typing import Any
 
@@ -27,9 +29,10 @@ from densenn.nn.activation import Activation
 LAYER_TYPES: dict[str, type[Layer]] = {}
 
 
-class Layer:
-    """Base of the layer specs. A subclass sets ``type`` and implements ``config``,
-    ``from_config``, ``n_out``, ``tensor_shapes`` and ``build``."""
+class Layer(abc.ABC):
+    """Base of the layer specs. A subclass sets ``type`` and implements ``config`` and
+    ``build``, and where they differ from these defaults ``from_config``, ``n_out``,
+    ``tensor_shapes``, ``expand``, ``check_place`` and ``short``."""
 
     type: str = ""
     #: the keys of its config besides "type": required, optional
@@ -40,8 +43,9 @@ class Layer:
         if cls.type:
             LAYER_TYPES[cls.type] = cls
 
+    @abc.abstractmethod
     def config(self) -> dict:
-        raise NotImplementedError  # abstract
+        """The spec as JSON-able values, with its ``type`` (what a model file keeps)."""
 
     @classmethod
     def from_config(cls, cfg: dict) -> Layer:
@@ -60,12 +64,17 @@ class Layer:
         return [self]
 
     def check_place(self, index: int) -> None:
-        """DensennError when this layer cannot stand at ``index`` of the network."""
+        """DensennError when this layer cannot stand at ``index`` of the network (any place, by default)."""
+        return None
 
+    def short(self) -> str:
+        """A few letters for ``repr(network)``."""
+        return self.type
+
+    @abc.abstractmethod
     def build(self, engine, n_in: int, dtype, rng, seed: int, index: int):
         """The inference layer on ``engine`` (weights drawn from ``rng``; ``seed`` and
         ``index`` name a layer's own random stream)."""
-        raise NotImplementedError  # abstract
 
 
 def as_layer(item: Any, where: str) -> Layer:
@@ -116,7 +125,7 @@ def release_named(engine, owner, names) -> None:
 
 
 class TrainingLayer:
-    """What the training layers other than Dense share: the input ``x`` (the layer below's
+    """What the training layers share: the input ``x`` (the layer below's
     output, or the network's batch), the buffers the layer owns, listed by kind, row views
     for a smaller last batch, ``nbytes`` and ``release``. A subclass lists its buffers'
     attribute names in ``activations`` (batch-shaped: its output ``a`` first), ``gradients``
@@ -191,9 +200,9 @@ class TrainingLayer:
 
 
 class Inference:
-    """What the inference layers other than Dense share: sizes, named parameters and buffers,
-    ``nbytes`` and ``release``. A subclass lists the attribute names in ``param_names`` and
-    ``buffer_names``."""
+    """What the inference layers share: sizes, named parameters and buffers, ``nbytes`` and
+    ``release``. A subclass lists the attribute names in ``param_names`` and ``buffer_names``;
+    ``state``/``load_state`` carry what else a copy of the layer needs (dropout's step count)."""
 
     param_names: tuple[str, ...] = ()
     buffer_names: tuple[str, ...] = ()
@@ -220,6 +229,13 @@ class Inference:
 
     def describe(self) -> str:
         return self.label
+
+    def state(self) -> dict:
+        """Non-tensor state that copies, pickles and checkpoints keep (JSON-able values)."""
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        """Take back what ``state`` gave."""
 
     def training(self, x, batch: int, folded: bool = False):
         """The training layer reading ``x`` for batches of ``batch`` (``folded`` is for Dense)."""

@@ -15,7 +15,6 @@ import numpy as np
 from densenn import modelfile
 from densenn.backend import check_dtype, get_engine
 from densenn.errors import DensennError, check_matrix, check_nonnegative_int, check_positive_int, describe
-from densenn.nn.activation import get_activation
 from densenn.nn.activation_layer import ActivationLayer
 from densenn.nn.cost import get_cost
 from densenn.nn.dense import Dense, DenseInference
@@ -70,7 +69,7 @@ class Network:
         # the engine (threads, device handles) does not pickle: the architecture, the weights,
         # the engine's name and the shuffling stream's state do, and rebuild the network
         self._check_alive()
-        return (_unpickle, (self.config(), self.engine.name, self.tensors(), self._steps(),
+        return (_unpickle, (self.config(), self.engine.name, self.tensors(), self.layer_states(),
                             self._shuffle_rng.bit_generator.state, self.history))
 
     def _check_alive(self):
@@ -98,17 +97,8 @@ class Network:
                 "dtype": self.dtype.name, "seed": self.seed}
 
     def __repr__(self):
-        parts = [str(self.n_in)]
-        for spec in self.specs:
-            if isinstance(spec, Dense):
-                parts.append(f"{spec.units}{get_activation(spec.activation).name[:4]}")
-            elif isinstance(spec, Dropout):
-                parts.append(f"drop{spec.rate:g}")
-            elif isinstance(spec, ActivationLayer):
-                parts.append(spec.activation.name[:4])
-            else:
-                parts.append(_SHORT[spec.type])
-        return f"Network({'-'.join(parts)}, engine={self.engine.name!r}, dtype={self.dtype.name!r})"
+        arch = "-".join([str(self.n_in)] + [spec.short() for spec in self.specs])
+        return f"Network({arch}, engine={self.engine.name!r}, dtype={self.dtype.name!r})"
 
     def summary(self) -> str:
         """A table of layers, shapes and parameter counts (trainable; BatchNorm's running
@@ -176,14 +166,17 @@ class Network:
         """Every parameter and saved state (running statistics) as a NumPy copy, named as in a
         model file: ``layers.{i}.{name}``."""
         self._check_alive()
-        return {f"layers.{i}.{name}": self.engine.to_host(p) for i, layer in enumerate(self.layers)
+        return {name: self.engine.to_host(p) for name, p in self._engine_tensors().items()}
+
+    def _engine_tensors(self) -> dict:
+        """Every parameter and saved state as the engine array, by its model-file name."""
+        return {f"layers.{i}.{name}": p for i, layer in enumerate(self.layers)
                 for name, p in zip(layer.tensor_names, layer.params + layer.buffers)}
 
     def set_tensors(self, tensors: dict) -> None:
         """Overwrite every parameter and saved state from ``tensors`` (as ``tensors()`` names them)."""
         self._check_alive()
-        expected = {f"layers.{i}.{name}": p for i, layer in enumerate(self.layers)
-                    for name, p in zip(layer.tensor_names, layer.params + layer.buffers)}
+        expected = self._engine_tensors()
         missing = sorted(set(expected) - set(tensors))
         if missing:
             raise DensennError(f"tensors is missing {', '.join(missing)}")
@@ -192,13 +185,14 @@ class Network:
             for name, p in expected.items():
                 self.engine.upload(checked[name], p)
 
-    def _steps(self) -> list[int]:
-        """The dropout layers' step counters (their masks' position in the random stream)."""
-        return [layer.steps for layer in self.layers if hasattr(layer, "steps")]
+    def layer_states(self) -> list[dict]:
+        """Each layer's non-tensor state (a dropout layer's step count: where its masks are in
+        its random stream), for copies and pickles."""
+        return [layer.state() for layer in self.layers]
 
-    def _set_steps(self, steps) -> None:
-        for layer, n in zip([la for la in self.layers if hasattr(la, "steps")], steps):
-            layer.steps = n
+    def load_layer_states(self, states) -> None:
+        for layer, state in zip(self.layers, states):
+            layer.load_state(state)
 
     @classmethod
     def from_file_parts(cls, config: dict, tensors: dict, engine=None, dtype=None) -> Network:
@@ -339,7 +333,7 @@ class Network:
         self._check_alive()
         other = Network(self.n_in, self.specs, engine=engine, dtype=dtype or self.dtype, seed=self.seed)
         other.set_tensors(self.tensors())
-        other._set_steps(self._steps())
+        other.load_layer_states(self.layer_states())
         return other
 
     def nbytes(self) -> dict:
@@ -379,20 +373,17 @@ class Network:
         self.release()
 
 
-_SHORT = {"batchnorm": "bn", "layernorm": "ln", "activation": "act"}
-
-
 def config_specs(config: dict) -> list:
     """The layer specs of a network's config (a Dense layer where a layer has no "type")."""
     return [layer_type(cfg, f"config.layers[{i}]").from_config(cfg) for i, cfg in enumerate(config["layers"])]
 
 
-def _unpickle(config, engine_name, tensors, steps, shuffle_state, history) -> Network:
+def _unpickle(config, engine_name, tensors, states, shuffle_state, history) -> Network:
     """The network ``Network.__reduce__`` describes, on the engine of that name here."""
     net = Network(config["n_in"], config_specs(config), engine=engine_name, dtype=config["dtype"],
                   seed=config["seed"])
     net.set_tensors(tensors)
-    net._set_steps(steps)
+    net.load_layer_states(states)
     net._shuffle_rng.bit_generator.state = shuffle_state
     net.history = history
     return net

@@ -17,6 +17,7 @@ over rows, a NumPy form), as softmax's are.
 """
 from __future__ import annotations
 
+import abc
 import math
 
 import numpy as np
@@ -223,6 +224,10 @@ def _check_eps(eps) -> float:
 
 
 class _Norm(Layer):
+    short_name = ""
+
+    def short(self) -> str:
+        return self.short_name
     def tensor_shapes(self, n_in):
         return {name: (n_in,) for name in ("gamma", "beta")}
 
@@ -245,6 +250,7 @@ class BatchNorm(_Norm):
     the running averages kept for inference. Training needs batches of 2 or more."""
 
     type = "batchnorm"
+    short_name = "bn"
     config_keys = ((), ("momentum", "eps"))
 
     def __init__(self, momentum: float = 0.9, eps: float = 1e-5):
@@ -271,6 +277,7 @@ class LayerNorm(_Norm):
     """Normalise each sample over its features, then scale by γ and shift by β (learned)."""
 
     type = "layernorm"
+    short_name = "ln"
     config_keys = ((), ("eps",))
 
     def __init__(self, eps: float = 1e-5):
@@ -324,7 +331,7 @@ class LayerNormInference(_NormInference):
 
 
 # -- training -----------------------------------------------------------------------------------
-class _NormTraining(TrainingLayer):
+class _NormTraining(TrainingLayer, abc.ABC):
     activations = ("a", "xhat")
     gradients = ("dgamma", "dbeta")
     decays = (False, False)
@@ -346,8 +353,9 @@ class _NormTraining(TrainingLayer):
         self._signal(g)
         return self.x
 
+    @abc.abstractmethod
     def _signal(self, g):
-        raise NotImplementedError  # abstract
+        """x = ∂C/∂x from g (BatchNorm's or LayerNorm's formula). Overwrites x."""
 
 
 class BatchNormTraining(_NormTraining):
