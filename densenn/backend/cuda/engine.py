@@ -46,7 +46,7 @@ import numpy as np
 from densenn.backend.base import serialize
 from densenn.backend.cuda import graph as cuda_graph
 from densenn.backend.cuda.devices import _env_flag, cupy, describe, unavailable_reason
-from densenn.backend.cuda.kernels import _CTYPES, SUM_ROWS, DeclaredOps, _module, sources
+from densenn.backend.cuda.kernels import _CTYPES, BLOCK, DeclaredOps, SharedKernels, _module, sources
 from densenn.errors import DensennError, EngineUnavailable
 from densenn.kernels import gpu
 
@@ -54,8 +54,6 @@ _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
 _FLOATS = (_F32, _F64)
 
-BLOCK = 256             # threads per block of the elementwise and reduction kernels
-WARP = 32
 _I = np.int64           # every size and offset crosses into the kernels as a 64-bit integer
 
 CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
@@ -90,7 +88,7 @@ def _rowmajor_ld(x, item: int):
     return s0 // item
 
 
-class CUDAEngine(DeclaredOps):
+class CUDAEngine(DeclaredOps, SharedKernels):
     """CuPy arrays on one CUDA device; cuBLAS for GEMMs; fused kernels for the rest.
 
     ``device``: the CUDA device number. ``tf32`` (default ``$DENSENN_TF32``, off):
@@ -285,10 +283,6 @@ class CUDAEngine(DeclaredOps):
         fn((max(1, min((n + BLOCK - 1) // BLOCK, self._max_blocks)),), (BLOCK,), tuple(args))
         self.launches += 1
 
-    def _base(self, dt, name: str, n: int, args):
-        """One of the shared BASE kernels (add_bias, axpy, scal) over n elements."""
-        self._launch(self._fn(gpu.program("cuda", self._ctype(dt)), name), n, args)
-
     @staticmethod
     def _ctype(dt) -> str:
         return "float" if dt == _F32 else "double"
@@ -360,70 +354,6 @@ class CUDAEngine(DeclaredOps):
                               a.data.ptr, lda, p_beta, c.data.ptr, ldc)
         self.launches += 1
         return c
-
-    def add_bias(self, z, b):
-        self._contiguous("add_bias", z, b)
-        rows, cols = z.shape if z.ndim == 2 else (1, z.size)
-        if b.size != cols or b.dtype != z.dtype:
-            raise DensennError(f"add_bias: b must be {cols} {z.dtype}, got {b.shape} {b.dtype}")
-        self._base(z.dtype, "add_bias", z.size, (z, _I(0), b, _I(0), _I(cols), _I(z.size)))
-        return z
-
-    def sum_rows(self, x, out):
-        self._check(x, out)
-        rows, m, ldx = self._matrix("sum_rows x", x)
-        if out.shape != (m,) or out.dtype != x.dtype or not out._c_contiguous:
-            raise DensennError(f"sum_rows: out must be a contiguous vector of {m} {x.dtype}, got {out.shape} "
-                               f"{out.dtype}")
-        if x.dtype not in _FLOATS:
-            raise DensennError(f"sum_rows needs float32 or float64, got {x.dtype}")
-        if m == 0:
-            return out
-        if rows == 0:
-            return self.fill(out, 0.0)
-        ct = self._ctype(x.dtype)
-        col_blocks = (m + WARP - 1) // WARP
-        # enough blocks to fill the GPU: split the rows into chunks, each summed by one block row
-        chunks = 1 if rows <= 512 else max(1, min((rows + 127) // 128, (8 * self._sms + col_blocks - 1) // col_blocks,
-                                                   1024))
-        chunk = (rows + chunks - 1) // chunks
-        chunks = (rows + chunk - 1) // chunk
-        source = gpu.prelude("cuda", ct) + SUM_ROWS
-        target = out if chunks == 1 else self._buffer("sum_rows", x.dtype, chunks * m)
-        self._fn(source, "sum_rows_tiled")((col_blocks, chunks), (WARP, 8),
-                                           (x, target, _I(rows), _I(m), _I(ldx), _I(chunk)))
-        self.launches += 1
-        if chunks > 1:
-            self._fn(source, "sum_chunks")(((m + BLOCK - 1) // BLOCK,), (BLOCK,), (target, out, _I(chunks), _I(m)))
-            self.launches += 1
-        return out
-
-    def axpy(self, alpha, x, y):
-        self._contiguous("axpy", x, y)
-        if x.size != y.size or x.dtype != y.dtype:
-            raise DensennError(f"axpy: x and y must match, got {x.shape} {x.dtype} and {y.shape} {y.dtype}")
-        self._base(y.dtype, "axpy", y.size, (y.dtype.type(alpha), x, _I(0), y, _I(0), _I(y.size)))
-        return y
-
-    def scal(self, alpha, x):
-        self._contiguous("scal", x)
-        self._base(x.dtype, "scal", x.size, (x.dtype.type(alpha), x, _I(0), _I(x.size)))
-        return x
-
-    def uniform(self, out, key: int):
-        """out = u(key, i) over its flat index (see densenn.kernels.random). Overwrites out."""
-        self._contiguous("uniform", out)
-        self._base(out.dtype, "uniform", out.size, (out, _I(0), np.uint32(key), _I(out.size)))
-        return out
-
-    def _contiguous(self, op: str, *arrays):
-        self._check(*arrays)
-        for x in arrays:
-            if not x._c_contiguous:
-                raise DensennError(f"{op}: arrays must be C-contiguous (a row view x[a:b] is; a column slice "
-                                   f"is not), got strides {x.strides}")
-            if x.dtype not in _FLOATS:
-                raise DensennError(f"{op}: needs float32 or float64 arrays, got {x.dtype}")
 
     def copy(self, x, y):
         self._check(x, y)

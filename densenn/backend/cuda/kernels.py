@@ -1,4 +1,6 @@
-"""The CUDA engine's own kernels and its compiled-module cache.
+"""The CUDA engine's kernels and its compiled-module cache: the declared operations
+(``DeclaredOps``) and the level-1 operations (``SharedKernels``: add_bias, sum_rows, axpy,
+scal, uniform), both mixed into CUDAEngine.
 
 The declared operations and the shared kernels come from densenn.kernels.gpu; the column
 sums here are CUDA's own, tiled: one thread per column, as the shared kernel does, would
@@ -16,6 +18,8 @@ from densenn.kernels import gpu
 from densenn.kernels.ops import RowMap
 
 _I = np.int64           # every size and offset crosses into the kernels as a 64-bit integer
+BLOCK = 256             # threads per block of the elementwise and reduction kernels
+WARP = 32
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 #: NumPy dtype char -> C type, for the kernels that move any dtype (take_rows, labels)
 _CTYPES = {"f": "float", "d": "double", "b": "signed char", "B": "unsigned char", "h": "short",
@@ -139,3 +143,88 @@ class DeclaredOps:
             fn((1,), (gpu.GROUP,), tuple(args + [acc, _I(0), _I(cols), _I(rows if op.rows else first.size)]))
             self.launches += 1
         return acc
+
+
+class SharedKernels:
+    """The CUDA engine's level-1 operations on its own kernels (densenn.kernels.gpu's BASE text
+    and the tiled column sums above). Mixed into CUDAEngine, whose ``_check``, ``_fn``,
+    ``_launch``, ``_ctype``, ``_matrix``, ``_buffer``, ``_sms`` and ``fill`` they use."""
+
+    # provided by CUDAEngine
+    launches: int
+    _sms: int
+    _check: Any
+    _fn: Any
+    _launch: Any
+    _ctype: Any
+    _matrix: Any
+    _buffer: Any
+    fill: Any
+
+    def _base(self, dt, name: str, n: int, args):
+        """One of the shared BASE kernels (add_bias, axpy, scal, uniform) over n elements."""
+        self._launch(self._fn(gpu.program("cuda", self._ctype(dt)), name), n, args)
+
+    def add_bias(self, z, b):
+        self._contiguous("add_bias", z, b)
+        rows, cols = z.shape if z.ndim == 2 else (1, z.size)
+        if b.size != cols or b.dtype != z.dtype:
+            raise DensennError(f"add_bias: b must be {cols} {z.dtype}, got {b.shape} {b.dtype}")
+        self._base(z.dtype, "add_bias", z.size, (z, _I(0), b, _I(0), _I(cols), _I(z.size)))
+        return z
+
+    def sum_rows(self, x, out):
+        self._check(x, out)
+        rows, m, ldx = self._matrix("sum_rows x", x)
+        if out.shape != (m,) or out.dtype != x.dtype or not out._c_contiguous:
+            raise DensennError(f"sum_rows: out must be a contiguous vector of {m} {x.dtype}, got {out.shape} "
+                               f"{out.dtype}")
+        if x.dtype not in _FLOATS:
+            raise DensennError(f"sum_rows needs float32 or float64, got {x.dtype}")
+        if m == 0:
+            return out
+        if rows == 0:
+            return self.fill(out, 0.0)
+        ct = self._ctype(x.dtype)
+        col_blocks = (m + WARP - 1) // WARP
+        # enough blocks to fill the GPU: split the rows into chunks, each summed by one block row
+        chunks = 1 if rows <= 512 else max(1, min((rows + 127) // 128, (8 * self._sms + col_blocks - 1) // col_blocks,
+                                                   1024))
+        chunk = (rows + chunks - 1) // chunks
+        chunks = (rows + chunk - 1) // chunk
+        source = gpu.prelude("cuda", ct) + SUM_ROWS
+        target = out if chunks == 1 else self._buffer("sum_rows", x.dtype, chunks * m)
+        self._fn(source, "sum_rows_tiled")((col_blocks, chunks), (WARP, 8),
+                                           (x, target, _I(rows), _I(m), _I(ldx), _I(chunk)))
+        self.launches += 1
+        if chunks > 1:
+            self._fn(source, "sum_chunks")(((m + BLOCK - 1) // BLOCK,), (BLOCK,), (target, out, _I(chunks), _I(m)))
+            self.launches += 1
+        return out
+
+    def axpy(self, alpha, x, y):
+        self._contiguous("axpy", x, y)
+        if x.size != y.size or x.dtype != y.dtype:
+            raise DensennError(f"axpy: x and y must match, got {x.shape} {x.dtype} and {y.shape} {y.dtype}")
+        self._base(y.dtype, "axpy", y.size, (y.dtype.type(alpha), x, _I(0), y, _I(0), _I(y.size)))
+        return y
+
+    def scal(self, alpha, x):
+        self._contiguous("scal", x)
+        self._base(x.dtype, "scal", x.size, (x.dtype.type(alpha), x, _I(0), _I(x.size)))
+        return x
+
+    def uniform(self, out, key: int):
+        """out = u(key, i) over its flat index (see densenn.kernels.random). Overwrites out."""
+        self._contiguous("uniform", out)
+        self._base(out.dtype, "uniform", out.size, (out, _I(0), np.uint32(key), _I(out.size)))
+        return out
+
+    def _contiguous(self, op: str, *arrays):
+        self._check(*arrays)
+        for x in arrays:
+            if not x._c_contiguous:
+                raise DensennError(f"{op}: arrays must be C-contiguous (a row view x[a:b] is; a column slice "
+                                   f"is not), got strides {x.strides}")
+            if x.dtype not in _FLOATS:
+                raise DensennError(f"{op}: needs float32 or float64 arrays, got {x.dtype}")
