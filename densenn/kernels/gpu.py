@@ -65,11 +65,15 @@ def _params(op, ltype: str | None = None) -> str:
 
 
 # -- the declared kinds --------------------------------------------------------------------------
+#: where an element kernel reads an array of a role (the default: at the element, i)
+_AT = {"col": "col", "row": "i / cols", "scalar": "0"}
+
+
 def map_source(op: Map) -> str:
-    """``op`` over n elements; a ``col`` array is read at ``i % cols``."""
+    """``op`` over n elements; a ``col`` array is read at ``i % cols``, a ``row`` one at ``i / cols``."""
     cols = any(role == "col" for _, role in op.arrays)
     read = op.parsed.read
-    loads = [f"        {'' if n in op.writes else 'const '}T {n} = p_{n}[{n}0 + {'col' if r == 'col' else 'i'}];"
+    loads = [f"        {'' if n in op.writes else 'const '}T {n} = p_{n}[{n}0 + {_AT.get(r, 'i')}];"
              if n in read else f"        T {n};" for n, r in op.arrays]
     stores = [f"        p_{n}[{n}0 + i] = {n};" for n in op.writes]
     declared = set(op.array_names) | set(op.scalars)
@@ -86,6 +90,10 @@ def _row_pointers(op) -> str:
         const = "" if name in op.writes else "const "
         if role == "index":
             lines.append(f"        const L {name} = p_{name}[{name}0 + r];")
+        elif role == "row":
+            lines.append(f"        const T {name} = p_{name}[{name}0 + r];")
+        elif role == "scalar":
+            lines.append(f"        const T {name} = p_{name}[{name}0];")
         elif role == "col":
             lines.append(f"        GLOBAL {const}T *{name} = p_{name} + {name}0;")
         else:
@@ -111,6 +119,10 @@ _GROUP_SUM = """\
 """
 
 
+#: the same for a Sum's element loop (which has no ``col`` index)
+_SUM_AT = {"row": "i / cols", "scalar": "0"}
+
+
 def sum_source(op: Sum) -> str:
     """acc[0] += Σ term, in one group (batch-sized inputs: nothing to gain from more)."""
     params = _params(op) + ", GLOBAL T *p_acc, const I acc0, const I cols, const I n"
@@ -118,7 +130,7 @@ def sum_source(op: Sum) -> str:
         loop = ("    for (I r = LID; r < n; r += LSIZE) {\n" + _row_pointers(op) + "\n        T term = (T)0;\n"
                 + _indent(op.body, 8) + "\n        s += term;\n    }\n")
     else:
-        loads = [f"        const T {n} = p_{n}[{n}0 + i];" for n in op.array_names]
+        loads = [f"        const T {n} = p_{n}[{n}0 + {_SUM_AT.get(r, 'i')}];" for n, r in op.arrays]
         declared = set(op.array_names) | set(op.scalars)
         loop = ("    for (I i = LID; i < n; i += LSIZE) {\n" + "\n".join(loads) + "\n"
                 + expr.to_c(op.parsed, declared, "        ") + "\n        s += term;\n    }\n")

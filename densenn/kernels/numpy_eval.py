@@ -59,8 +59,10 @@ def _call(fn: str, args):
 
 def numpy_form(arrays: str, scalars: str, body: str):
     """``run(engine, arrays, scalars, work)`` that evaluates ``body`` with NumPy and
-    writes the arrays it assigns (any roles of the names after a colon are ignored)."""
+    writes the arrays it assigns. Of the roles after a colon only ``row`` matters: such a
+    vector is read as a column, so that it broadcasts along the rows of 2-D arrays."""
     names = tuple(item.partition(":")[0] for item in arrays.split())
+    by_row = tuple(item.partition(":")[2] == "row" for item in arrays.split())
     scalar_names = tuple(scalars.split())
     parsed = expr.parse(body, set(names) | set(scalar_names), "numpy form")
     code = []
@@ -79,6 +81,8 @@ def numpy_form(arrays: str, scalars: str, body: str):
         env = dict(functions)
         args = tuple(arrays) + tuple(scalars)
         env.update(zip(names + scalar_names, args))
+        if True in by_row and max(np.ndim(x) for x in arrays) == 2:
+            env.update({n: x.reshape(-1, 1) for n, x, r in zip(names, arrays, by_row) if r})
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for target, compiled in code:
                 env[target] = eval(compiled, env)      # noqa: S307 (our own parsed body)

@@ -16,8 +16,12 @@ the engines know only these four kinds, never which activation or optimizer they
 
 Arrays are named in ``arrays`` with a role after a colon: none (one element per element,
 read; written if named in ``writes``), ``col`` (a vector indexed by the column, like a
-bias), ``index`` (integers, one per row: class labels), ``whole`` (passed whole to a
-Numba form, never split into row blocks: accumulators).
+bias), ``index`` (integers, one per row: class labels), ``row`` (a vector of one value per
+row, read, broadcast along the row's columns and split into row blocks with the arrays:
+per-sample weights), ``whole`` (passed whole to a Numba form, never split into row blocks:
+accumulators), ``scalar`` (a one-element array of the engine whose value every element
+reads, like a scalar that stays on the engine: a factor computed by an earlier kernel,
+with no host round trip; read only, never split into row blocks).
 
 ``numpy(engine, arrays, scalars, work)`` forms write only into the arrays they get
 (no allocation: a training step stays allocation-free); ``work`` is the caller's
@@ -36,7 +40,7 @@ from densenn.kernels.numpy_eval import numpy_form
 #: every declared operation, in order of declaration (the NVRTC test compiles them all)
 DECLARED: list = []
 
-ROLES = ("", "col", "index", "whole")
+ROLES = ("", "col", "index", "row", "whole", "scalar")
 
 
 def _names(spec: str) -> tuple[str, ...]:
@@ -64,25 +68,37 @@ class _Op:
     numpy: Callable | None = None
     #: the arrays' names, in order (kept: the engines ask on every call)
     array_names: tuple = field(init=False, repr=False, default=())
-    #: per array, whether an engine may split it into row blocks (not a ``col`` or ``whole`` one)
+    #: per array, whether an engine may split it into row blocks (not a ``col``, ``whole`` or ``scalar`` one)
     splits: tuple = field(init=False, repr=False, default=())
     #: the position of the first written array, and whether any array is by column / whole
     first_written: int = field(init=False, repr=False, default=0)
     has_cols: bool = field(init=False, repr=False, default=False)
     has_whole: bool = field(init=False, repr=False, default=False)
+    #: whether any array is a ``row`` vector (the CPU engine then loops rows × columns)
+    has_rows: bool = field(init=False, repr=False, default=False)
+    #: whether any array is a one-element ``scalar`` one (passed whole to every row block)
+    has_scalars: bool = field(init=False, repr=False, default=False)
 
     def __post_init__(self):
         self.arrays = _roles(self.arrays)
         self.array_names = tuple([name for name, _ in self.arrays])
-        self.splits = tuple([role not in ("col", "whole") for _, role in self.arrays])
+        self.splits = tuple([role not in ("col", "whole", "scalar") for _, role in self.arrays])
         roles = [role for _, role in self.arrays]
         self.has_cols, self.has_whole = "col" in roles, "whole" in roles
+        self.has_rows = "row" in roles
+        self.has_scalars = "scalar" in roles
         self.writes = _names(self.writes)
         self.scalars = _names(self.scalars)
         names = self.array_names
         for w in self.writes:
             if w not in names:
                 raise DensennError(f"operation {self.name!r}: writes {w!r}, which is not one of its arrays")
+            if dict(self.arrays)[w] == "row":
+                # every element of a row reads its value: a write would race between them
+                raise DensennError(f"operation {self.name!r}: writes {w!r}, a row array (those are read only)")
+            if dict(self.arrays)[w] == "scalar":
+                # every element reads it: a write would race between them
+                raise DensennError(f"operation {self.name!r}: writes {w!r}, a scalar array (those are read only)")
         self.first_written = names.index(self.writes[0]) if self.writes else 0
         DECLARED.append(self)
 
@@ -122,7 +138,8 @@ class Map(_Op):
         if self.cpu not in ("numba", "numpy"):
             raise DensennError(f"{what}: cpu must be 'numba' or 'numpy', got {self.cpu!r}")
         if self.numpy is None:      # the body evaluated with NumPy temporaries (see numpy_eval)
-            self.numpy = numpy_form(" ".join(self.array_names), " ".join(self.scalars), self.body)
+            self.numpy = numpy_form(" ".join(f"{n}:{r}" if r else n for n, r in self.arrays), " ".join(self.scalars),
+                                    self.body)
 
     @property
     def elements(self) -> tuple[str, ...]:
@@ -137,7 +154,8 @@ class RowMap(_Op):
     a Python function ``f(*arrays, *scalars, db)`` over all rows it is given (Numba
     compiles it; ``db`` gets the column sums of the first written array when it is as wide
     as a row, else it is empty). Either may be None: an engine without that form says
-    so in ``can``."""
+    so in ``can``. A ``scalar`` array is its value in ``c_body`` and the one-element array
+    in the Numba form."""
 
     c_body: str | None = None
     numba: Callable | None = None

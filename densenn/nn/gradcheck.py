@@ -8,9 +8,11 @@ import numpy as np
 from densenn.errors import check_positive_float, check_positive_int
 
 
-def numerical_gradients(net, x, y, cost=None, eps: float = 1e-6, max_entries: int = 200, seed: int = 0):
+def numerical_gradients(net, x, y, cost=None, eps: float = 1e-6, max_entries: int = 200, seed: int = 0,
+                        sample_weight=None):
     """Central differences (C(θ+ε) - C(θ-ε)) / 2ε for (a sample of) every parameter, of the
-    training-mode cost (``net.training_loss``: batch statistics, fixed dropout masks).
+    training-mode cost (``net.training_loss``: batch statistics, fixed dropout masks; the
+    weighted mean with ``sample_weight``).
 
     Returns ``[(dw, db), ...]`` shaped like ``net.get_weights()`` and a matching
     list of boolean masks saying which entries were computed (all of them when a
@@ -24,7 +26,7 @@ def numerical_gradients(net, x, y, cost=None, eps: float = 1e-6, max_entries: in
 
     def loss(ws):
         net.set_weights(ws)
-        return net.training_loss(x, y, cost=cost)
+        return net.training_loss(x, y, cost=cost, sample_weight=sample_weight)
 
     try:
         for li in range(len(weights)):
@@ -54,8 +56,10 @@ def numerical_gradients(net, x, y, cost=None, eps: float = 1e-6, max_entries: in
     return grads, masks
 
 
-def check_gradients(net, x, y, cost=None, eps: float = 1e-6, max_entries: int = 200, seed: int = 0) -> float:
-    """Max relative error between ``net.gradients`` and finite differences.
+def check_gradients(net, x, y, cost=None, eps: float = 1e-6, max_entries: int = 200, seed: int = 0,
+                    sample_weight=None) -> float:
+    """Max relative error between ``net.gradients`` and finite differences (of the weighted
+    mean cost with ``sample_weight``).
 
     Per parameter array, ‖g_backprop − g_numeric‖ / max(‖g_backprop‖ + ‖g_numeric‖, floor)
     over the checked entries; the maximum over all arrays is returned. In float64
@@ -64,8 +68,9 @@ def check_gradients(net, x, y, cost=None, eps: float = 1e-6, max_entries: int = 
     (nearly) zero, such as a bias whose errors cancel, is judged against that
     scale and not against the finite differences' rounding noise (~1e-10).
     """
-    analytic = net.gradients(x, y, cost=cost)
-    numeric, masks = numerical_gradients(net, x, y, cost=cost, eps=eps, max_entries=max_entries, seed=seed)
+    analytic = net.gradients(x, y, cost=cost, sample_weight=sample_weight)
+    numeric, masks = numerical_gradients(net, x, y, cost=cost, eps=eps, max_entries=max_entries, seed=seed,
+                                         sample_weight=sample_weight)
     worst = 0.0
     pairs = [(ga[m].astype(np.float64), gn[m]) for pa, pn, pm in zip(analytic, numeric, masks)
              for ga, gn, m in zip(pa, pn, pm)]

@@ -61,9 +61,21 @@ def _count_correct_np(engine, arrays, scalars, work):
     return work.size - np.count_nonzero(work)
 
 
-#: acc[0] += #rows whose prediction (the first argmax, NaN counting as the maximum as in
-#: NumPy; a > 0.5 for a single output) equals the label
-COUNT_CORRECT = Sum("count_correct", "a labels:index", rows=True, numpy=_count_correct_np, body="""
+def _count_correct_weighted_np(engine, arrays, scalars, work):
+    """Σ w over the rows whose predicted class equals labels; ``work`` is (an index vector, a
+    boolean vector), one element per row each."""
+    a, labels, w = arrays
+    index, hit = work
+    _count_correct_np(engine, (a, labels), scalars, index)      # leaves predicted - true in index
+    # a comparison into a float vector would cast through a buffer as long as the batch; into
+    # booleans it casts nothing, and a masked sum reads them as they are
+    np.equal(index, 0, out=hit)
+    return float(np.add.reduce(w, where=hit))
+
+
+#: the class a row predicts, in C: the first argmax (NaN counting as the maximum as in NumPy),
+#: a > 0.5 for a single output
+_PREDICTED = """
 I pred = 0;
 if (cols == 1) {
     pred = a[0] > (T)0.5 ? 1 : 0;
@@ -72,11 +84,22 @@ if (cols == 1) {
     for (I j = 1; j < cols && !isnan(best); ++j)
         if (a[j] > best || isnan(a[j])) { best = a[j]; pred = j; }
 }
-term = (pred == (I)labels) ? (T)1 : (T)0;
-""")
+"""
+
+#: acc[0] += #rows whose prediction (see _PREDICTED) equals the label
+COUNT_CORRECT = Sum("count_correct", "a labels:index", rows=True, numpy=_count_correct_np,
+                    body=_PREDICTED + "term = (pred == (I)labels) ? (T)1 : (T)0;\n")
+
+#: acc[0] += Σ w over the rows whose prediction equals the label (w: one weight per row)
+COUNT_CORRECT_WEIGHTED = Sum("count_correct_weighted", "a labels:index w:row", rows=True,
+                             numpy=_count_correct_weighted_np,
+                             body=_PREDICTED + "term = (pred == (I)labels) ? w : (T)0;\n")
 
 
-def count_correct(engine, a, labels, work, acc):
+def count_correct(engine, a, labels, work, acc, w=None, hit=None):
     """acc[0] += #rows of ``a`` whose predicted class (argmax, or a > 0.5 for one output)
-    equals ``labels`` (engine integers); ``work`` is scratch of one index per row."""
-    return engine.reduce(COUNT_CORRECT, (a, labels), (), acc, work=work)
+    equals ``labels`` (engine integers), or with the row weights ``w`` the Σ of their weights;
+    ``work`` is scratch of one index per row, ``hit`` (with w) of one boolean per row."""
+    if w is None:
+        return engine.reduce(COUNT_CORRECT, (a, labels), (), acc, work=work)
+    return engine.reduce(COUNT_CORRECT_WEIGHTED, (a, labels, w), (), acc, work=(work, hit))

@@ -24,7 +24,9 @@ from densenn.nn.metrics import confusion_matrix, count_correct
 from densenn.nn.norm import BatchNorm, LayerNorm
 from densenn.nn.targets import LABEL_DTYPE, index_dtype, prepare_targets
 from densenn.nn.trainer import TrainingNetwork
+from densenn.optim import Optimizer, get_optimizer
 from densenn.training import fit
+from densenn.training.weights import resolve_weights
 
 __all__ = ["Network", "Dense", "Dropout", "BatchNorm", "LayerNorm", "ActivationLayer", "TrainingNetwork",
            "prepare_targets", "index_dtype", "LABEL_DTYPE"]
@@ -58,7 +60,7 @@ class Network:
         # a separate stream for shuffling, so fit's batches don't depend on the layer count
         self._shuffle_rng = np.random.default_rng([self.seed, 1])
         self._trainer: TrainingNetwork | None = None
-        self.optimizer = None
+        self.optimizer: Optimizer | None = None
         self.history = None
         # one fit (or gradients, set_weights, release) at a time on this network; predict and
         # evaluate read the weights only and do not take it (see "Threads" in the README)
@@ -69,8 +71,12 @@ class Network:
         # the engine (threads, device handles) does not pickle: the architecture, the weights,
         # the engine's name and the shuffling stream's state do, and rebuild the network
         self._check_alive()
+        opt = self.optimizer
+        # the optimizer goes along, its state included, so the copy trains on as this one would
+        optimizer = None if opt is None or opt.engine is None else \
+            (opt.config(), opt.t, [[self.engine.to_host(buf) for buf in bufs] for bufs in opt.state])
         return (_unpickle, (self.config(), self.engine.name, self.tensors(), self.layer_states(),
-                            self._shuffle_rng.bit_generator.state, self.history))
+                            self._shuffle_rng.bit_generator.state, self.history, optimizer))
 
     def _check_alive(self):
         if not self.layers:
@@ -115,6 +121,10 @@ class Network:
         return "\n".join(lines)
 
     # -- weights --------------------------------------------------------------------
+    def _params(self) -> list:
+        """Every parameter's engine array, in the order a TrainingNetwork lists them."""
+        return [p for layer in self.layers for p in layer.params]
+
     def _with_params(self) -> list:
         """The layers that have parameters, in order (those get_weights lists)."""
         return [layer for layer in self.layers if layer.params]
@@ -246,26 +256,35 @@ class Network:
             return "binary_crossentropy"
         return "quadratic"
 
-    def evaluate(self, x, y, cost=None, batch_size: int = 4096) -> dict:
-        """{"loss": mean cost, "accuracy": fraction correct (None for regression targets)}."""
+    def evaluate(self, x, y, cost=None, batch_size: int = 4096, sample_weight=None, class_weight=None) -> dict:
+        """{"loss": mean cost, "accuracy": fraction correct (None for regression targets)}.
+
+        With ``sample_weight`` (one per sample) and/or ``class_weight`` (``{class: w}`` or
+        ``"balanced"``; see densenn.training.weights) the weighted means Σ w·loss / Σ w and
+        Σ w·hit / Σ w, as scikit-learn's scores take them."""
         x = self._check_x(x)
         check_positive_int("batch_size", batch_size)
         targets, labels = prepare_targets(y, x.shape[0], self.n_out)
+        w = resolve_weights(sample_weight, class_weight, labels, x.shape[0], max(self.n_out, 2))
         cost = get_cost(cost or self.default_cost())
         cost.check_targets(targets, "y")
         targets = check_matrix("y", targets, dtype=self.dtype)
         e = self.engine
         acc = e.zeros((2,), self.dtype)
+        if w is not None:
+            w = w.astype(self.dtype)        # the weights the kernels read, and so the ones summed
         for start, a in self._forward_chunks(x, batch_size):
             n = a.shape[0]
             t = e.to_engine(targets[start:start + n])
-            cost.value(e, a, t, e.empty(a.shape, self.dtype), acc[0:1])
+            wc = None if w is None else e.to_engine(w[start:start + n])
+            cost.value(e, a, t, e.empty(a.shape, self.dtype), acc[0:1], wc)
             if labels is not None:
                 lab = e.to_engine(labels[start:start + n].astype(index_dtype(e)))
-                count_correct(e, a, lab, e.empty((n,), index_dtype(e)), acc[1:2])
+                hit = None if wc is None else e.empty((n,), np.bool_)
+                count_correct(e, a, lab, e.empty((n,), index_dtype(e)), acc[1:2], wc, hit)
         loss, correct = (float(v) for v in e.to_host(acc))
-        n = x.shape[0]
-        return {"loss": loss / n, "accuracy": None if labels is None else correct / n}
+        total = x.shape[0] if w is None else float(w.sum(dtype=np.float64))
+        return {"loss": loss / total, "accuracy": None if labels is None else correct / total}
 
     def confusion_matrix(self, x, y) -> np.ndarray:
         """Counts[i, j] of samples of true class i predicted as j."""
@@ -291,8 +310,13 @@ class Network:
         return t
 
     def fit(self, x, y, epochs: int = 10, batch_size: int = 32, cost=None, optimizer=None, **kwargs):
-        """Train with mini-batches; returns a :class:`densenn.training.History`. See ``densenn.training.fit``."""
+        """Train with mini-batches; returns a :class:`densenn.training.History`. See ``densenn.training.fit``.
+
+        Called again without ``optimizer`` (and ``lr``), it goes on with the optimizer of the
+        last fit, its state (momentum, Adam's moments and step count) kept."""
         self._check_alive()
+        if optimizer is None and kwargs.get("lr") is None and self.optimizer is not None:
+            optimizer = self.optimizer
         with self._lock:
             return fit(self, x, y, epochs=epochs, batch_size=batch_size, cost=cost, optimizer=optimizer,
                        rng=self._shuffle_rng, on_begin=self._begin_fit, **kwargs)
@@ -301,30 +325,35 @@ class Network:
         # kept for after the fit (and for a fit stopped by Ctrl-C or a divergence)
         self.optimizer, self.history = optimizer, history
 
-    def gradients(self, x, y, cost=None) -> list[tuple[np.ndarray, ...]]:
+    def gradients(self, x, y, cost=None, sample_weight=None) -> list[tuple[np.ndarray, ...]]:
         """One tuple per layer with parameters (as ``get_weights``): the gradients of the mean
         cost over all of (x, y) in training mode, as NumPy arrays. Dense ``(∂C/∂w, ∂C/∂b)``,
-        BatchNorm and LayerNorm ``(∂C/∂γ, ∂C/∂β)``; dropout uses the next step's masks."""
-        with self._lock, self._whole_batch(x, y, cost) as (tn, n):
+        BatchNorm and LayerNorm ``(∂C/∂γ, ∂C/∂β)``; dropout uses the next step's masks.
+        With ``sample_weight`` (one per sample), those of the weighted mean Σ w·C / Σ w."""
+        with self._lock, self._whole_batch(x, y, cost, sample_weight) as (tn, n):
             tn.forward_backward(n, with_labels=False)
             return [tuple(self.engine.to_host(g) for g in layer.grads) for layer in tn.layers if layer.params]
 
-    def training_loss(self, x, y, cost=None) -> float:
+    def training_loss(self, x, y, cost=None, sample_weight=None) -> float:
         """The mean cost over all of (x, y) in training mode (what ``gradients`` differentiates:
-        batch statistics, the next step's dropout masks); ``evaluate`` gives the inference one."""
-        with self._lock, self._whole_batch(x, y, cost) as (tn, n):
+        batch statistics, the next step's dropout masks), weighted as Σ w·C / Σ w with
+        ``sample_weight``; ``evaluate`` gives the inference one."""
+        with self._lock, self._whole_batch(x, y, cost, sample_weight) as (tn, n):
             return tn.loss(n)
 
     @contextlib.contextmanager
-    def _whole_batch(self, x, y, cost):
-        """A training network holding all of (x, y) as one batch, released afterwards."""
+    def _whole_batch(self, x, y, cost, sample_weight=None):
+        """A training network holding all of (x, y) (and the weights) as one batch, released afterwards."""
         x = self._check_x(x)
         targets, _ = prepare_targets(y, x.shape[0], self.n_out)
         targets = check_matrix("y", targets, dtype=self.dtype)
         n = x.shape[0]
+        w = resolve_weights(sample_weight, None, None, n, max(self.n_out, 2))
         with TrainingNetwork(self, n, cost or self.default_cost()) as tn:
             self.engine.upload(x, tn.x)
             self.engine.upload(targets, tn.y)
+            if w is not None:
+                tn.put_weights(w, n)
             yield tn, n
 
     # -- engines, memory, saving ---------------------------------------------------------
@@ -378,7 +407,7 @@ def config_specs(config: dict) -> list:
     return [layer_type(cfg, f"config.layers[{i}]").from_config(cfg) for i, cfg in enumerate(config["layers"])]
 
 
-def _unpickle(config, engine_name, tensors, states, shuffle_state, history) -> Network:
+def _unpickle(config, engine_name, tensors, states, shuffle_state, history, optimizer=None) -> Network:
     """The network ``Network.__reduce__`` describes, on the engine of that name here."""
     net = Network(config["n_in"], config_specs(config), engine=engine_name, dtype=config["dtype"],
                   seed=config["seed"])
@@ -386,4 +415,13 @@ def _unpickle(config, engine_name, tensors, states, shuffle_state, history) -> N
     net.load_layer_states(states)
     net._shuffle_rng.bit_generator.state = shuffle_state
     net.history = history
+    if optimizer is not None:
+        opt_config, t, slots = optimizer
+        # bound here to the parameters a trainer will share, so the next fit keeps the state
+        opt = get_optimizer(opt_config).bind(net.engine, net._params(), net.dtype)
+        for bufs, saved in zip(opt.state, slots):
+            for buf, host in zip(bufs, saved):
+                net.engine.upload(host, buf)
+        opt.t = t
+        net.optimizer = opt
     return net

@@ -60,6 +60,23 @@ def _contiguous(arrays) -> bool:
     return True
 
 
+def _check_rows(op, arrays):
+    """DensennError unless each ``row`` array of ``op`` has one value per row of the first
+    written array (the Numba loops read it unchecked)."""
+    rows = arrays[op.first_written].shape[0]
+    for (name, role), x in zip(op.arrays, arrays):
+        if role == "row" and (x.ndim != 1 or x.shape[0] != rows):
+            raise DensennError(f"{op.name}: {name} must be a vector of {rows} values (one per row), got shape "
+                               f"{x.shape}")
+
+
+def _check_scalars(op, arrays):
+    """DensennError unless each ``scalar`` array of ``op`` has one element."""
+    for (name, role), x in zip(op.arrays, arrays):
+        if role == "scalar" and x.size != 1:
+            raise DensennError(f"{op.name}: {name} is a scalar array and must have 1 element, got shape {x.shape}")
+
+
 def _rows(x, lo, hi):
     """Rows lo:hi of an optional buffer (an activation's working memory may be None)."""
     return None if x is None else x[lo:hi]
@@ -256,6 +273,10 @@ class CPUEngine:
     def map(self, op, arrays, scalars=(), work=None, sums=None):
         """Run Map or RowMap ``op`` over ``arrays`` (overwriting those it writes); with
         ``sums``, also sums = Σ rows of the first written array (overwritten)."""
+        if op.has_rows:
+            _check_rows(op, arrays)
+        if op.has_scalars:
+            _check_scalars(op, arrays)
         if isinstance(op, RowMap):
             return self._map_rows(op, arrays, scalars, work, sums)
         # (no generator expressions on this path: on CPython 3.11 each leaves a cycle for the
@@ -269,10 +290,13 @@ class CPUEngine:
         if op.cpu_prepass is not None:
             target = arrays[op.first_written]
             self._in_blocks(target, lambda lo, hi: op.cpu_prepass(target[lo:hi]))
-        if op.has_cols or (sums is not None and arrays[0].ndim == 2):
+        if op.has_cols or op.has_rows or (sums is not None and arrays[0].ndim == 2):
             self._map_2d(map_kernel(op, arrays[0].dtype, "rows" if sums is None else "sums"), op, arrays, coef, sums)
             return
         flat = [x.reshape(-1) for x in arrays]
+        if op.has_scalars:
+            self._map_flat_scalars(op, flat, coef)
+            return
         omp = self._omp(op, flat[0])
         if omp is not None:
             omp(*flat, coef, self._no_sums[flat[0].dtype])
@@ -280,6 +304,22 @@ class CPUEngine:
         kernel = map_kernel(op, flat[0].dtype, "flat")
         no_sums = self._no_sums[flat[0].dtype]
         self._in_blocks(flat[0], lambda lo, hi: kernel(*[x[lo:hi] for x in flat], coef, no_sums))
+
+    def _map_flat_scalars(self, op, flat, coef):
+        """A flat map with ``scalar`` arrays, which every row block gets whole."""
+        split = op.splits
+        x = flat[split.index(True)]
+        no_sums = self._no_sums[x.dtype]
+        omp = self._omp(op, x)
+        if omp is not None:
+            omp(*flat, coef, no_sums)
+            return
+        kernel = map_kernel(op, x.dtype, "flat")
+        if not self._blocks.splits(x):
+            kernel(*flat, coef, no_sums)
+            return
+        self._blocks.run(lambda lo, hi: kernel(*[a[lo:hi] if s else a for a, s in zip(flat, split)], coef, no_sums),
+                         x.shape[0])
 
     def _in_blocks(self, x, fn):
         if self._blocks.splits(x):

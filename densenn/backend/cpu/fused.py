@@ -54,29 +54,38 @@ def _compile(name: str, source: str, dtype) -> object:
 
 
 def _unpack(op, indent: str) -> str:
-    return "".join(f"{indent}{s} = coef[{k}]\n" for k, s in enumerate(op.scalars))
+    # ``scalar`` arrays are read once, before the loop: a load inside it that might alias
+    # the stores would keep LLVM from vectorising
+    return ("".join(f"{indent}{s} = coef[{k}]\n" for k, s in enumerate(op.scalars))
+            + "".join(f"{indent}{n} = p_{n}[0]\n" for n, r in op.arrays if r == "scalar"))
 
 
 def flat_source(op, name: str) -> str:
-    """A loop over the elements of 1-D arrays (every array of ``op`` is per element)."""
+    """A loop over the elements of 1-D arrays (every array of ``op`` is per element, but
+    the one-element ``scalar`` ones)."""
     body = op.parsed_cpu
     args = ", ".join(f"p_{n}" for n in op.array_names)
-    first = op.array_names[0]
-    loads = "".join(f"        {n} = p_{n}[i]\n" for n in op.array_names if n in body.read)
+    first = [n for n, r in op.arrays if r != "scalar"][0]
+    loads = "".join(f"        {n} = p_{n}[i]\n" for n, r in op.arrays if n in body.read and r != "scalar")
     stores = "".join(f"        p_{n}[i] = {n}\n" for n in op.writes)
     return (f"def {name}({args}, coef, db):\n" + _unpack(op, "    ")
             + f"    for i in range(p_{first}.shape[0]):\n" + loads + expr.to_python(body, "        ") + "\n"
             + stores)
 
 
+#: where a rows × columns loop reads an array of a role (the default: at the element, i, j)
+_AT = {"col": "j", "row": "i"}
+
+
 def rows_source(op, name: str, sums: bool) -> str:
-    """A rows × columns loop: ``col`` arrays read at the column, and the column sums of the
-    first written array added into ``db`` when it is as wide as a row (an empty db: none)."""
+    """A rows × columns loop: ``col`` arrays read at the column, ``row`` ones at the row, and
+    the column sums of the first written array added into ``db`` when it is as wide as a row
+    (an empty db: none)."""
     body = op.parsed_cpu
     args = ", ".join(f"p_{n}" for n in op.array_names)
     first = op.elements[0]
-    loads = "".join(f"            {n} = p_{n}[{'j' if r == 'col' else 'i, j'}]\n" for n, r in op.arrays
-                    if n in body.read)
+    loads = "".join(f"            {n} = p_{n}[{_AT.get(r, 'i, j')}]\n" for n, r in op.arrays
+                    if n in body.read and r != "scalar")
     stores = "".join(f"            p_{n}[i, j] = {n}\n" for n in op.writes)
     out = op.writes[0]
     return (f"def {name}({args}, coef, db):\n" + _unpack(op, "    ")
@@ -138,8 +147,8 @@ def omp_kernel(op, dtype):
     if key not in _cache:
         inner = map_kernel(op, dtype, "flat")
         args = ", ".join(f"p_{n}" for n in op.array_names)
-        sliced = ", ".join(f"p_{n}[lo:hi]" for n in op.array_names)
-        first = op.array_names[0]
+        sliced = ", ".join(f"p_{n}" if r == "scalar" else f"p_{n}[lo:hi]" for n, r in op.arrays)
+        first = [n for n, r in op.arrays if r != "scalar"][0]
         source = (f"def _blocks({args}, coef, db):\n"
                   f"    n, parts = p_{first}.shape[0], numba.get_num_threads()\n"
                   "    for k in numba.prange(parts):\n"

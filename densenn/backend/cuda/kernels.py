@@ -117,7 +117,9 @@ class DeclaredOps:
         first = arrays[op.array_names.index(op.writes[0])] if op.writes else arrays[0]
         rows, cols = (first.shape[0], first.shape[1]) if first.ndim == 2 else (first.size, 1)
         for (name, role), x in zip(op.arrays, arrays):
-            expected = cols if role == "col" else (rows if role == "index" else first.size)
+            expected = cols if role == "col" else (rows if role in ("index", "row") else first.size)
+            if role == "scalar":
+                expected = 1
             if x.size != expected:
                 raise DensennError(f"{op.name}: {name} must have {expected} elements, got shape {x.shape}")
         fn = self._fn(gpu.program("cuda", self._ctype(dt), op, ltype=ltype), op.name)

@@ -454,7 +454,18 @@ class OpenCLEngine:
                 ltype = x.dtype
             else:
                 args += self._arg(op.name, name, x, dt)
+                if role == "scalar" and x.size != 1:
+                    raise DensennError(f"{op.name}: {name} is a scalar array and must have 1 element, got shape "
+                                       f"{tuple(x.shape)}")
         return args + [dt.type(v) for v in scalars], dt, ltype
+
+    @staticmethod
+    def _row_sizes(op, arrays, rows: int):
+        # a kernel reads a row vector at every row: a shorter one would be read past its end
+        for (name, role), x in zip(op.arrays, arrays):
+            if role == "row" and x.size != rows:
+                raise DensennError(f"{op.name}: {name} must have {rows} elements (one per row), got shape "
+                                   f"{tuple(x.shape)}")
 
     def map(self, op, arrays, scalars=(), work=None, sums=None):
         """Run Map or RowMap ``op`` (one kernel; ``work`` is not needed); with ``sums``, also
@@ -470,6 +481,7 @@ class OpenCLEngine:
                                    f"{tuple(x.shape)}")
             if role == "" and x.size != first.size:
                 self._same_size(op.name, **{op.writes[0]: first, name: x})
+        self._row_sizes(op, arrays, rows)
         n = rows if isinstance(op, RowMap) else first.size
         if cols:
             self._kernel(dt, op.name, op, ltype).over(self.queue, n, *args, _L(cols))
@@ -482,6 +494,7 @@ class OpenCLEngine:
         acc_arg = self._acc(op.name, acc, dt)
         a = arrays[0]
         rows, cols = (a.shape[0], a.shape[1]) if a.ndim == 2 else (a.size, 1)
+        self._row_sizes(op, arrays, rows)
         if cols == 0:
             return acc
         kernel = self._kernel(dt, op.name, op, ltype)
