@@ -7,7 +7,7 @@ The packages, bottom up (docs/architecture.md draws them)::
     nn/           activations, costs, Dense (inference and training forms), the
                   TrainingNetwork (one step) and the Network (the user API)
     optim/        SGD (momentum, Nesterov), Adam/AdamW, learning-rate schedules
-    training/     the fit loop and History
+    training/     the fit loop, History, callbacks, checkpoints and resume
     datasets/     digits, MNIST, split, Standardizer
     cli/          the command line
 """
@@ -24,10 +24,13 @@ from densenn.nn.metrics import accuracy, confusion_matrix
 from densenn.nn.network import ActivationLayer, BatchNorm, Dense, Dropout, LayerNorm, Network, TrainingNetwork
 from densenn.optim import SGD, Adam, AdamW, CosineDecay, LinearDecay, StepDecay, get_optimizer, register_optimizer
 from densenn.training import History
+from densenn.training.callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau
+from densenn.training.resume import resume
 
 __version__ = "0.1.0"
 __all__ = ["Network", "Dense", "Dropout", "BatchNorm", "LayerNorm", "ActivationLayer",
-           "DenseInference", "DenseTraining", "TrainingNetwork", "History",
+           "DenseInference", "DenseTraining", "TrainingNetwork", "History", "resume",
+           "Callback", "EarlyStopping", "ModelCheckpoint", "ReduceLROnPlateau", "CSVLogger",
            "SGD", "Adam", "AdamW", "StepDecay", "LinearDecay", "CosineDecay", "get_optimizer",
            "Activation", "LeakyReLU", "ELU", "GELU", "GELUTanh", "SiLU", "Mish", "SELU", "ACTIVATIONS",
            "get_activation", "COSTS", "get_cost", "INITIALIZERS",

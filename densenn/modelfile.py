@@ -73,10 +73,12 @@ def _digest_v1(tensors: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _digest_v2(config_json: str, extra_json: str, tensors: dict[str, np.ndarray]) -> str:
-    """Version 2's checksum: everything the file means (see the module docstring)."""
+def _digest_v2(config_json: str, extra_json: str, tensors: dict[str, np.ndarray], fmt: str = FORMAT,
+               version: str = "2") -> str:
+    """Version 2's checksum: everything the file means (see the module docstring). A
+    checkpoint (densenn.training.checkpoint) uses it with its own format name and version."""
     names = sorted(tensors)
-    manifest = {"format": FORMAT, "format_version": "2", "config": config_json, "extra": extra_json,
+    manifest = {"format": fmt, "format_version": version, "config": config_json, "extra": extra_json,
                 "tensors": [[n, tensors[n].dtype.name, list(tensors[n].shape)] for n in names]}
     head = json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
     h = hashlib.sha256(len(head).to_bytes(8, "little") + head)
@@ -122,20 +124,20 @@ def save(net, path, extra: dict | None = None) -> str:
 
 
 # -- reading ---------------------------------------------------------------------------------
-def _read_bytes(path: str) -> bytes:
+def _read_bytes(path: str, what: str = "model file") -> bytes:
     """The whole file at ``path``; DensennError saying why not (missing, a folder, unreadable)."""
     try:
         mode = os.stat(path).st_mode
         if stat.S_ISDIR(mode):
-            raise DensennError(f"model file {path!r} is a folder, not a model file")
+            raise DensennError(f"{what} {path!r} is a folder, not a {what}")
         if not stat.S_ISREG(mode):
-            raise DensennError(f"model file {path!r} is not a regular file")
+            raise DensennError(f"{what} {path!r} is not a regular file")
         with open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
-        raise DensennError(f"model file {path!r} does not exist") from None
+        raise DensennError(f"{what} {path!r} does not exist") from None
     except OSError as exc:
-        raise DensennError(f"model file {path!r} cannot be read: {exc.strerror or exc}") from None
+        raise DensennError(f"{what} {path!r} cannot be read: {exc.strerror or exc}") from None
 
 
 def _metadata(raw: bytes) -> dict[str, str]:
@@ -246,18 +248,28 @@ def _check_tensors(config: dict, specs: list, tensors: dict[str, np.ndarray]) ->
             raise DensennError(f"tensor {name} holds NaN or infinite values")
 
 
-def _read(path) -> tuple[dict, dict[str, np.ndarray], dict, list]:
-    """(config, tensors, extra, specs) of the file at ``path``, all checked."""
+def parse(path, what: str = "model file") -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """(string metadata, tensors) of the safetensors file at ``path``, from one read of its
+    bytes; nothing is checked beyond their being readable."""
     from safetensors.numpy import load as st_load
 
-    path = _check_path(path)
-    raw = _read_bytes(path)     # the one read: the header and the tensors come from these bytes
+    raw = _read_bytes(path, what)     # the one read: the header and the tensors come from these bytes
     try:
-        metadata = _metadata(raw)
-        tensors = st_load(raw)
+        return _metadata(raw), st_load(raw)
     except Exception as exc:    # whatever safetensors or the header parse meets in broken bytes
-        raise DensennError(f"model file {path!r} is not a readable densenn/safetensors file "
+        raise DensennError(f"{what} {path!r} is not a readable densenn/safetensors file "
                            f"(truncated or corrupted?): {exc}") from None
+
+
+def _read(path) -> tuple[dict, dict[str, np.ndarray], dict, list]:
+    """(config, tensors, extra, specs) of the file at ``path``, all checked."""
+    path = _check_path(path)
+    metadata, tensors = parse(path)
+    return checked(path, metadata, tensors)
+
+
+def checked(path: str, metadata: dict, tensors: dict) -> tuple[dict, dict[str, np.ndarray], dict, list]:
+    """(config, tensors, extra, specs) of a model file ``parse`` read, all checked."""
     if metadata.get("format") != FORMAT:
         raise DensennError(f"model file {path!r} was not written by densenn (format {metadata.get('format')!r})")
     version = metadata.get("format_version")
@@ -281,12 +293,19 @@ def _read(path) -> tuple[dict, dict[str, np.ndarray], dict, list]:
         raise DensennError(f"model file {path!r} has an unreadable extra: {exc}") from None
     if not isinstance(extra, dict):
         raise DensennError(f"model file {path!r}: its extra must be a JSON object, got {describe(extra)}")
+    specs = checked_specs(config, tensors, f"model file {path!r}")
+    return config, tensors, extra, specs
+
+
+def checked_specs(config, tensors: dict[str, np.ndarray], what: str) -> list:
+    """The layer specs of a config read from a file, checked completely and against the
+    tensors (exactly the weights it describes); DensennError naming ``what`` otherwise."""
     try:
         specs = _specs(config)
         _check_tensors(config, specs, tensors)
     except DensennError as exc:
-        raise DensennError(f"model file {path!r} describes an invalid network: {exc}") from None
-    return config, tensors, extra, specs
+        raise DensennError(f"{what} describes an invalid network: {exc}") from None
+    return specs
 
 
 def read(path) -> tuple[dict, dict[str, np.ndarray], dict]:
