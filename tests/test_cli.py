@@ -68,7 +68,9 @@ def test_train_json_has_the_keys_and_writes_model_and_plot(trained):
     result, out = trained
     assert TRAIN_KEYS <= set(result)
     assert result["epochs"] == 5 and len(result["history"]["loss"]) == 5
-    assert len(result["history"]["val_accuracy"]) == 5
+    # no validation set unless asked for (never the test set): no val_* curves
+    assert "val_accuracy" not in result["history"] and result["val_split"] is None and result["n_val"] == 0
+    assert result["n_train"] == 1438 and result["n_test"] == 359
     assert 0.5 < result["test_accuracy"] <= 1.0 and result["test_loss"] > 0 and result["seconds"] > 0
     assert result["engine"] == "cpu" and result["dtype"] == "float32"
     arch = result["architecture"]
@@ -77,6 +79,7 @@ def test_train_json_has_the_keys_and_writes_model_and_plot(trained):
     assert Path(result["model_path"]) == out / "model.dn" and (out / "model.dn").is_file()
     assert Path(result["plot_path"]) == out / "training.png"
     assert (out / "training.png").read_bytes()[:8] == PNG_MAGIC
+    assert Path(result["checkpoint"]) == out / "train.ckpt" and (out / "train.ckpt").is_file()
     # the standardiser travels with the model
     extra = load_extra(out / "model.dn")["cli"]
     assert extra["data"]["name"] == "digits" and len(extra["standardizer"]["mean"]) == 64

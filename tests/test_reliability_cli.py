@@ -1,7 +1,8 @@
 """The ``densenn`` command keeps finished work and reads its inputs carefully.
 
 * train: an ``--out`` where no file can be created fails before any training; a Ctrl-C
-  or a divergence during training saves the network as it stands (exit 130 / 1).
+  or a divergence during training saves the network as it stands (exit 130 / 1), and a
+  Ctrl-C says how to resume from the checkpoint it wrote.
 * predict: a CSV's first row is a header only if none of its fields is a number; a
   malformed, ragged or semicolon-separated CSV is one error line naming the file and
   the line; ``--output`` writes exactly the file named, its folder checked before
@@ -184,6 +185,9 @@ def test_ctrl_c_during_training_saves_the_model_and_exits_130(tmp_path):
     assert stopped["reason"] == "interrupted" and stopped["epochs_planned"] == 2000
     assert 2 <= stopped["epochs_completed"] < 2000
     assert f"after {stopped['epochs_completed']} of 2000 epochs" in last
+    # the default checkpoint (OUT/train.ckpt) was written at the interruption: the line says how to go on
+    assert last.endswith(f"; resume with: densenn train --resume {out / 'train.ckpt'}"), last
+    assert stopped["checkpoint"] == str(out / "train.ckpt") and (out / "train.ckpt").is_file()
     assert (out / "training.png").read_bytes()[:8] == PNG_MAGIC
     net = dn.load(model_path, engine="cpu")
     assert net.n_in == 64 and net.n_out == 10

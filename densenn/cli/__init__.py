@@ -7,7 +7,8 @@ one line ``densenn: error: ...`` on stderr and exit status 2 (bad command line)
 or 1 (anything found later); only unexpected failures show a traceback.
 
 One module per subcommand (``train``, ``evaluate``, ``predict``, ``info``,
-``bench``), the command line in ``parser``, what they share in ``common``.
+``bench``), the command line in ``parser``, what they share in ``common``; ``workflow``
+holds train's run settings, validation split, checkpoint and ``--resume``.
 See ``docs/cli.md`` for every option and the JSON keys.
 """
 from __future__ import annotations

@@ -37,6 +37,7 @@ _nonnegative_int = _number(int, "a non-negative integer", lambda v: v >= 0)
 _positive_float = _number(float, "a positive finite number", lambda v: v > 0)
 _nonnegative_float = _number(float, "a non-negative finite number", lambda v: v >= 0)
 _dropout_rate = _number(float, "a dropout rate in [0, 1) (the fraction of values dropped)", lambda v: 0 <= v < 1)
+_fraction = _number(float, "a fraction in (0, 1) of the training data (e.g. 0.1)", lambda v: 0 < v < 1)
 
 
 def _layers(text: str) -> list[int]:
@@ -87,38 +88,59 @@ def build_parser() -> argparse.ArgumentParser:
 
     # -- train ------------------------------------------------------------------------------
     p = sub.add_parser("train", help="train a network and save it with its training curves",
-                       description="Train an MLP on digits (default) or MNIST; write model.dn and training.png.")
+                       description="Train an MLP on digits (default) or MNIST; write model.dn, training.png "
+                                   "and a checkpoint to resume from (train.ckpt).")
     data_options(p, "data set (default digits: scikit-learn's 8×8 digits, no download)")
+    # options that fix what is trained default to None here, so that --resume can tell the ones
+    # given on the command line (which must agree with the checkpoint) from those left out
     p.add_argument("--layers", type=_layers, default=None, metavar="N[,N...]",
                    help="hidden layer sizes (default 256,128); the softmax output is added; 'none' for none")
     # the activation registry as it stands now: activations registered later are choices too
-    p.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu",
+    p.add_argument("--activation", choices=sorted(ACTIVATIONS), default=None,
                    help="activation of the hidden layers (default relu)")
-    p.add_argument("--norm", choices=NORM_NAMES, default="none",
+    p.add_argument("--norm", choices=NORM_NAMES, default=None,
                    help="normalise each hidden layer's linear part before its activation: batch "
                         "(BatchNorm) or layer (LayerNorm) (default none)")
-    p.add_argument("--dropout", type=_dropout_rate, default=0.0, metavar="RATE",
+    p.add_argument("--dropout", type=_dropout_rate, default=None, metavar="RATE",
                    help="dropout after each hidden layer, the fraction in [0, 1) of values dropped in "
                         "training (default 0: none)")
     p.add_argument("--cost", choices=sorted(COSTS), default=None,
                    help="cost (default: crossentropy, the softmax output's partner)")
-    p.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="adam", help="optimizer (default adam)")
+    p.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default=None, help="optimizer (default adam)")
     p.add_argument("--lr", type=_positive_float, default=None,
                    help="learning rate (default: adam/adamw 0.001, sgd 0.1, momentum/nesterov 0.01)")
     p.add_argument("--weight-decay", type=_nonnegative_float, default=None,
                    help="L2 weight decay on the weights (default digits 0.001, mnist 0; adamw 0.01, decoupled)")
     p.add_argument("--schedule", choices=SCHEDULE_NAMES, default=None,
                    help="learning-rate schedule (default digits constant, mnist cosine)")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default digits 30, mnist 15)")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="epochs (default digits 30, mnist 15); with --resume, the epochs in all to train to")
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="mini-batch size (default digits 32, mnist 128)")
-    p.add_argument("--seed", type=_nonnegative_int, default=0,
-                   help="seed of the initial weights and the shuffling (default 0)")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="(default float32)")
+    p.add_argument("--seed", type=_nonnegative_int, default=None,
+                   help="seed of the initial weights, the shuffling and the validation split (default 0)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default=None, help="(default float32)")
     p.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
                    help="standardise the features with the training set's mean and std (default: on for "
                         "digits; off for mnist, whose pixels are only scaled to [0, 1])")
-    p.add_argument("--out", default="runs", metavar="DIR", help="folder for model.dn and training.png (default runs/)")
+    p.add_argument("--val-split", type=_fraction, default=None, metavar="F",
+                   help="hold out the fraction F of the training data, stratified, as the validation set "
+                        "(default 0.1 with --early-stopping, else none); the test set is only for the "
+                        "final report")
+    p.add_argument("--early-stopping", type=_nonnegative_int, default=None, metavar="PATIENCE",
+                   help="stop when the validation loss has not improved for PATIENCE epochs and keep the "
+                        "weights of its best epoch (default: off)")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="write a checkpoint to resume from at every epoch's end and on Ctrl-C (default "
+                        "OUT/train.ckpt; with --resume, the checkpoint resumed); 'none' for none")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="N",
+                   help="also write the checkpoint every N training steps (default: at epoch ends only)")
+    p.add_argument("--resume", default=None, metavar="PATH",
+                   help="continue the run of this checkpoint with the options stored in it (--epochs, "
+                        "--engine, --out, --checkpoint, --no-progress and --json may be given)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="folder for model.dn, training.png and train.ckpt (default runs/; with --resume, "
+                        "the resumed run's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     common(p)
     p.set_defaults(func=cmd_train)

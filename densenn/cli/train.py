@@ -1,13 +1,15 @@
-"""``densenn train``: train an MLP on digits or MNIST; save model.dn and training.png."""
+"""``densenn train``: train an MLP on digits or MNIST (validated on a split of the training
+data, optionally stopped early), checkpointed so that it can be resumed; save model.dn and
+training.png. The options, the split and ``--resume`` are in ``densenn.cli.workflow``."""
 from __future__ import annotations
 
 import os
 import sys
 import time
+from typing import Any
 
 from densenn.cli.common import (
     CLI_FORMAT,
-    DEFAULT_LR,
     DIGITS_SPLIT,
     PROG,
     TRAIN_DEFAULTS,
@@ -18,6 +20,19 @@ from densenn.cli.common import (
     _oneline,
     _print_json,
     _say,
+    _standardizer_from,
+)
+from densenn.cli.workflow import (
+    DEFAULT_OUT,
+    checkpoint_block,
+    checkpoint_path,
+    network_from_checkpoint,
+    new_settings,
+    read_resume,
+    resume_hint,
+    resumed_callbacks,
+    stamp,
+    validation_rows,
 )
 from densenn.errors import DensennError, TrainingDiverged
 from densenn.files import check_writable_folder
@@ -76,79 +91,114 @@ def _prepare_out_folder(out_dir: str) -> None:
 
 def cmd_train(args) -> int:
     import densenn as dn
-
-    data_name = args.data or "digits"
-    defaults = TRAIN_DEFAULTS[data_name]
-    layers = defaults["layers"] if args.layers is None else args.layers
-    epochs = args.epochs or defaults["epochs"]
-    batch_size = args.batch_size or defaults["batch_size"]
-    schedule = args.schedule or defaults["schedule"]
-    standardize = defaults["standardize"] if args.standardize is None else args.standardize
-    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
-    if args.data_dir is not None and data_name != "mnist":
-        raise DensennError("--data-dir is for --data mnist; the digits ship with scikit-learn")
-
-    engine = _engine(args.engine)          # fail fast, before loading data
     from densenn.backend import check_dtype
 
-    check_dtype(engine, args.dtype)
-    out_dir = args.out
+    state = None
+    if args.resume is not None:
+        state, block, settings = read_resume(args)
+        data_block = dict(block["data"], data_dir=settings["data_dir"])
+    else:
+        settings = new_settings(args)
+        data_block = {"name": settings["data"], **(DIGITS_SPLIT if settings["data"] == "digits" else {}),
+                      "data_dir": settings["data_dir"]}
+    data_name = settings["data"]
+    engine = _engine(settings["engine"] if state is not None else args.engine)   # fail fast, before the data
+    check_dtype(engine, settings["dtype"])
+    settings["engine"] = engine.name
+    out_dir = args.out if args.out is not None else settings["out"] if state is not None else DEFAULT_OUT
+    settings["out"] = os.path.abspath(out_dir)
     _prepare_out_folder(out_dir)
-    data = _load_dataset(data_name, args.data_dir, download=args.download)
+    ckpt_path = checkpoint_path(args, out_dir)
+    split = {k: data_block[k] for k in ("test_size", "seed") if k in data_block}
+    data = _load_dataset(data_name, settings["data_dir"], split or None, download=args.download)
+    rows = validation_rows(settings, data.y_train)
+    n_classes = int(data.n_classes)
     x_train, x_test = data.x_train, data.x_test
-    standardizer = None
-    if standardize:
+    if state is not None:
+        # the statistics the run was started with, never fitted again: the same inputs as before
+        standardizer = _standardizer_from(state.training["extra"])
+    elif settings["standardize"]:
         from densenn.datasets import Standardizer
 
-        standardizer = Standardizer().fit(x_train)
+        # from the rows trained on only: the validation rows stay as unseen as the test set;
+        # through its dict, as a resume rebuilds it
+        standardizer = Standardizer.from_dict(
+            Standardizer().fit(x_train if rows is None else x_train[rows[0]]).to_dict())
+    else:
+        standardizer = None
+    if standardizer is not None:
         x_train, x_test = standardizer.transform(x_train), standardizer.transform(x_test)
-    n_classes = int(data.n_classes)
+    n_train = len(x_train) if rows is None else len(rows[0])
+    n_val = 0 if rows is None else len(rows[1])
 
-    norm = getattr(args, "norm", "none")
-    dropout = float(getattr(args, "dropout", 0.0))
-    if norm == "batch":
-        _check_batchnorm_batches(batch_size, len(x_train))
-    specs = _hidden_layers(dn, layers, args.activation, norm, dropout) + [dn.Dense(n_classes, "softmax")]
-    net = dn.Network(x_train.shape[1], specs, engine=engine, dtype=args.dtype, seed=args.seed)
-    cost = args.cost or net.default_cost()
-    optimizer = _make_optimizer(args.optimizer, lr, args.weight_decay, schedule, defaults["weight_decay"])
-    arch = _architecture(net)
-    _say(args, f"densenn train: {data_name} ({len(x_train)} training, {len(x_test)} test samples, "
-               f"{n_classes} classes{', standardised' if standardize else ''}); {arch['text']} "
-               f"({arch['params']:,} params); {args.optimizer} lr {lr:g}"
-               f"{'' if schedule == 'constant' else ' ' + schedule}"
-               f"{f', weight decay {optimizer.weight_decay:g}' if optimizer.weight_decay else ''}, {cost}, "
-               f"{epochs} epoch{'s' if epochs != 1 else ''}, batch {batch_size}; "
-               f"engine {engine.name}, {args.dtype}")
+    net: Any = None
+    if state is None:
+        if settings["norm"] == "batch":
+            _check_batchnorm_batches(settings["batch_size"], n_train)
+        specs = _hidden_layers(dn, settings["layers"], settings["activation"], settings["norm"],
+                               settings["dropout"]) + [dn.Dense(n_classes, "softmax")]
+        net = dn.Network(x_train.shape[1], specs, engine=engine, dtype=settings["dtype"], seed=settings["seed"])
+        settings["cost"] = settings["cost"] or net.default_cost()
+        optimizer = _make_optimizer(settings["optimizer_name"], settings["lr"], settings["weight_decay"],
+                                    settings["schedule"], TRAIN_DEFAULTS[data_name]["weight_decay"])
+        settings["weight_decay"], settings["optimizer"] = optimizer.weight_decay, optimizer.config()
+        arch = _architecture(net)
+        what = f"{arch['text']} ({arch['params']:,} params)"
+    else:
+        tr = state.training
+        steps = f" and {tr['step']} steps" if tr["step"] else ""
+        what = f"resuming {args.resume} after {tr['epoch']} epochs{steps}"
+    cost, epochs, batch_size = settings["cost"], settings["epochs"], settings["batch_size"]
+    _say(args, f"densenn train: {data_name} ({n_train} training{f', {n_val} validation' if n_val else ''}, "
+               f"{len(x_test)} test samples, {n_classes} classes{', standardised' if standardizer else ''}); "
+               f"{_described(settings, what)}; engine {engine.name}, {settings['dtype']}")
 
+    early = None
+    before = stamp(ckpt_path)
     start = time.perf_counter()
-    stopped = None
+    stopped = resume_from = None
     scores = {"accuracy": None, "loss": None}
     try:
-        history = net.fit(x_train, data.y_train, epochs=epochs, batch_size=batch_size, cost=cost,
-                          optimizer=optimizer, validation_data=(x_test, data.y_test),
-                          progress=not args.no_progress)
+        if state is None:
+            callbacks = [] if settings["early_stopping"] is None else \
+                [dn.EarlyStopping("val_loss", patience=settings["early_stopping"], restore_best_weights=True)]
+            early = callbacks[0] if callbacks else None
+            net.fit(x_train, data.y_train, epochs=epochs, batch_size=batch_size, cost=cost, optimizer=optimizer,
+                    validation_split=settings["val_split"], callbacks=callbacks, checkpoint=ckpt_path,
+                    checkpoint_every=settings["checkpoint_every"], progress=not args.no_progress,
+                    extra=_clean(checkpoint_block(settings, data_block, standardizer, n_classes)))
+        else:
+            callbacks = resumed_callbacks(dn, state)
+            early = callbacks[0] if callbacks else None
+            net = dn.resume(args.resume, x_train, data.y_train, callbacks=callbacks, epochs=epochs, engine=engine,
+                            progress=not args.no_progress, checkpoint=ckpt_path)
         scores = net.evaluate(x_test, data.y_test, cost=cost)
-    except KeyboardInterrupt:
-        # Ctrl-C: keep the network as trained so far instead of throwing the work away
-        stopped = _stopped("interrupted", net, epochs)
-    except TrainingDiverged as exc:
-        # fit has put back the weights from the start of the diverged epoch: keep those
-        stopped = _stopped("diverged", net, epochs, _oneline(exc))
-    history = net.history
+        history = net.history
+    except (KeyboardInterrupt, TrainingDiverged) as exc:
+        # the checkpoint this run wrote, else the one a resumed run started from
+        written = ckpt_path if ckpt_path is not None and stamp(ckpt_path) != before else args.resume
+        if net is None:
+            # densenn.resume hands back no network when stopped: its checkpoint holds the network
+            net, history = network_from_checkpoint(dn, written, engine)
+        else:
+            history = net.history
+        if isinstance(exc, KeyboardInterrupt):
+            # Ctrl-C: keep the network as trained so far instead of throwing the work away
+            stopped = _stopped("interrupted", history, epochs, checkpoint=written)
+            resume_from = written
+        else:
+            # fit has put back the weights from the start of the diverged epoch: keep those
+            stopped = _stopped("diverged", history, epochs, _oneline(exc))
     seconds = time.perf_counter() - start
-    options = {"data": data_name, "layers": layers, "activation": args.activation, "norm": norm,
-               "dropout": dropout, "cost": cost,
-               "optimizer": optimizer.config(), "optimizer_name": args.optimizer, "epochs": epochs,
-               "batch_size": batch_size, "seed": args.seed, "dtype": args.dtype, "engine": engine.name,
-               "standardize": standardize}
+    best = _early_stopping_note(early, settings["early_stopping"], state)
+    validation = {"split": settings["val_split"], "n_samples": n_val} if n_val else None
+    options = {key: settings[key] for key in _TRAIN_KEYS}
     extra = {"cli": {
-        "format": CLI_FORMAT,
-        "data": {"name": data_name, **(DIGITS_SPLIT if data_name == "digits" else {}),
-                 "data_dir": os.path.abspath(args.data_dir) if args.data_dir else None},
+        "format": CLI_FORMAT, "data": data_block,
         "standardizer": standardizer.to_dict() if standardizer is not None else None,
-        "n_classes": n_classes,
-        "train": options,
+        "n_classes": n_classes, "train": options, "validation": validation, "early_stopping": best,
+        "checkpoint": os.path.abspath(ckpt_path) if ckpt_path else None,
+        "resumed_from": os.path.abspath(args.resume) if args.resume else None,
         "test_accuracy": scores["accuracy"], "test_loss": scores["loss"],
         "stopped": stopped,
     }}
@@ -156,6 +206,7 @@ def cmd_train(args) -> int:
     plot_path = None
     if history is not None and history.epochs:
         plot_path = history.plot(os.path.join(out_dir, "training.png"), title=data_name)
+    arch = _architecture(net)
     net.release()
 
     completed = history.epochs if history is not None else 0
@@ -165,46 +216,93 @@ def cmd_train(args) -> int:
 
     result = {"data": data_name, "test_accuracy": scores["accuracy"], "test_loss": scores["loss"],
               "train_accuracy": last("accuracy"), "train_loss": last("loss"),
+              "val_accuracy": last("val_accuracy"), "val_loss": last("val_loss"),
               "epochs": completed, "batch_size": batch_size, "seconds": seconds,
               "model_path": os.path.abspath(model_path),
               "plot_path": os.path.abspath(plot_path) if plot_path else None,
-              "engine": engine.name, "dtype": args.dtype, "seed": args.seed,
-              "optimizer": optimizer.config(), "cost": cost, "standardize": standardize,
-              "norm": norm, "dropout": dropout,
-              "n_train": len(x_train), "n_test": len(x_test),
+              "engine": engine.name, "dtype": settings["dtype"], "seed": settings["seed"],
+              "optimizer": settings["optimizer"], "cost": cost, "standardize": settings["standardize"],
+              "norm": settings["norm"], "dropout": settings["dropout"],
+              "n_train": n_train, "n_val": n_val, "n_test": len(x_test), "val_split": settings["val_split"],
+              "early_stopping": best, "checkpoint": extra["cli"]["checkpoint"],
+              "resumed_from": extra["cli"]["resumed_from"],
               "architecture": arch, "history": history.to_dict() if history is not None else {},
               "stopped": stopped}
     if args.json:
         _print_json(result)
     if stopped is not None:
-        return _report_stopped(stopped, model_path, plot_path)
+        return _report_stopped(stopped, model_path, plot_path, resume_from)
     if args.json:
         return 0
     print(f"test accuracy {scores['accuracy']:.4f}   test loss {scores['loss']:.4f}   "
           f"({completed} epoch{'s' if completed != 1 else ''} in {seconds:.1f} s)")
+    if best is not None and best["best_epoch"] is not None:
+        ended = f"stopped after epoch {best['stopped_epoch']}" if best["stopped_epoch"] else \
+            f"did not stop (never {best['patience']} epochs without improvement)"
+        print(f"early stopping: {ended}; kept the weights of epoch {best['best_epoch']} "
+              f"(validation loss {best['best_val_loss']:.4f})")
     print(f"model: {model_path}")
     print(f"plot:  {plot_path}")
     return 0
 
 
-def _stopped(reason: str, net, epochs: int, message: str | None = None) -> dict:
-    """The note saved in the model's ``cli`` block when training did not run to its end."""
-    history = net.history      # fit's History: the epochs completed before the stop
+#: the settings the model's ``cli`` block keeps as its ``train`` options
+_TRAIN_KEYS = ("data", "layers", "activation", "norm", "dropout", "cost", "optimizer", "optimizer_name", "lr",
+               "weight_decay", "schedule", "epochs", "batch_size", "seed", "dtype", "engine", "standardize",
+               "val_split", "early_stopping", "checkpoint_every")
+
+
+def _described(settings: dict, what: str) -> str:
+    """The header's middle: the network (or the checkpoint resumed) and how it is trained."""
+    epochs, schedule = settings["epochs"], settings["schedule"]
+    decay = settings["weight_decay"]
+    parts = [what, f"{settings['optimizer_name']} lr {settings['lr']:g}"
+                   f"{'' if schedule == 'constant' else ' ' + schedule}"
+                   f"{f', weight decay {decay:g}' if decay else ''}, {settings['cost']}, "
+                   f"{epochs} epoch{'s' if epochs != 1 else ''}, batch {settings['batch_size']}"]
+    if settings["early_stopping"] is not None:
+        parts.append(f"early stopping (patience {settings['early_stopping']})")
+    return "; ".join(parts)
+
+
+def _early_stopping_note(early, patience, state) -> dict | None:
+    """What early stopping did, epochs counted from 1 (None without --early-stopping).
+    ``state``: the checkpoint a resumed run started from, which knows an earlier stop."""
+    if early is None:
+        return None
+    stopped = early.stopped_epoch
+    if stopped is None and state is not None and state.training["stopped"]:
+        # a run resumed after its stop trains no epoch, and EarlyStopping forgets the stop when
+        # training begins again: the checkpoint remembers it
+        stopped = next((c["state"].get("stopped_epoch") for c in state.training["callbacks"]
+                        if c["type"] == "EarlyStopping"), None)
+    return {"patience": patience,
+            "best_epoch": None if early.best_epoch is None else early.best_epoch + 1,
+            "best_val_loss": early.best,
+            "stopped_epoch": None if stopped is None else stopped + 1}
+
+
+def _stopped(reason: str, history, epochs: int, message: str | None = None, checkpoint: str | None = None) -> dict:
+    """The note saved in the model's ``cli`` block when training did not run to its end;
+    ``history``: fit's History, the epochs completed before the stop."""
     completed = history.epochs if history is not None else 0
-    note = {"reason": reason, "epochs_completed": completed, "epochs_planned": epochs}
+    note: dict = {"reason": reason, "epochs_completed": completed, "epochs_planned": epochs}
     if message is not None:
         note["message"] = message
+    if reason == "interrupted":
+        note["checkpoint"] = os.path.abspath(checkpoint) if checkpoint else None
     return note
 
 
-def _report_stopped(stopped: dict, model_path: str, plot_path: str | None) -> int:
-    """One line on stderr saying what stopped training and where the network went; the exit status."""
+def _report_stopped(stopped: dict, model_path: str, plot_path: str | None, checkpoint: str | None = None) -> int:
+    """One line on stderr saying what stopped training, where the network went and (after a
+    Ctrl-C) how to resume from ``checkpoint``; the exit status."""
     done, planned = stopped["epochs_completed"], stopped["epochs_planned"]
     plot = f" (training curves: {plot_path})" if plot_path else ""
     sys.stdout.flush()
     if stopped["reason"] == "interrupted":
         print(f"{PROG}: interrupted after {done} of {planned} epochs; the network as trained so far "
-              f"is saved in {model_path}{plot}", file=sys.stderr)
+              f"is saved in {model_path}{plot}{resume_hint(checkpoint)}", file=sys.stderr)
         return 130
     message = stopped["message"]
     if f"epoch {done + 1}" not in message:
