@@ -7,8 +7,9 @@
 A densenn checkpoint (densenn.training.checkpoint) holds the weights, Adam's two moments,
 the run's state and the callbacks' (here EarlyStopping's best weights), with a SHA-256
 over all of it, written to a temporary file, fsync'ed and renamed. Timed: each write
-during a fit with ``checkpoint_every=50``, and whole epochs with a checkpoint at each end
-against epochs without, interleaved. Beside it, PyTorch's usual checkpoint of the same
+during a fit with ``checkpoint_every=50``, and fits of several epochs with a checkpoint at
+each epoch's end against fits without, interleaved (the data's fingerprint, taken once per
+fit, is timed on its own too). Beside it, PyTorch's usual checkpoint of the same
 network (``torch.save`` of the model's and the Adam optimizer's state_dicts), written the
 same durable way (temporary file, fsync, rename), when PyTorch is installed.
 """
@@ -83,7 +84,8 @@ def torch_write_ms(torch, folder: str, repeats: int) -> float:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=3, help="epochs timed with and without checkpoints (default 3)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of each timed fit (default 3)")
+    p.add_argument("--rounds", type=int, default=2, help="fits timed with and without checkpoints (default 2)")
     p.add_argument("--every", type=int, default=50, help="steps between the timed writes (default 50)")
     p.add_argument("--threads", type=int, default=None, help="threads (default: usable CPUs)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
@@ -100,18 +102,23 @@ def main(argv=None):
         writes = timed_writes(saving, x, y, folder, args.every)
         size = os.path.getsize(os.path.join(folder, "w.ckpt"))
         path = os.path.join(folder, "e.ckpt")
+        # whole fits of --epochs epochs, so the data's fingerprint (once per fit) is spread as in use
         seconds: dict[str, list[float]] = {"without": [], "with": []}
-        for _ in range(args.epochs):
+        for _ in range(args.rounds):
             for name, net, kw in (("without", plain, {}), ("with", saving, {"checkpoint": path})):
                 common.settle()
                 t0 = time.perf_counter()
-                net.fit(x, y, epochs=1, batch_size=128, progress=False, **kw)
-                seconds[name].append(time.perf_counter() - t0)
+                net.fit(x, y, epochs=args.epochs, batch_size=128, progress=False, **kw)
+                seconds[name].append((time.perf_counter() - t0) / args.epochs)
+        t0 = time.perf_counter()
+        ckpt.fingerprint(x, np.eye(10, dtype=np.float32)[y], None)
+        fingerprint_ms = 1e3 * (time.perf_counter() - t0)
         write_ms = 1e3 * statistics.median(writes)
         epoch_without, epoch_with = statistics.median(seconds["without"]), statistics.median(seconds["with"])
         rows = [["densenn", f"{size / 1e6:.2f}", f"{write_ms:.1f}", f"{epoch_without:.3f}", f"{epoch_with:.3f}",
                  f"{100 * write_ms / 1e3 / epoch_without:.2f}%", f"{epoch_with / epoch_without:.3f}"]]
         out = {"data": what, "write_ms": write_ms, "writes": len(writes), "file_mb": size / 1e6,
+               "fingerprint_ms_per_fit": fingerprint_ms,
                "epoch_s_without": epoch_without, "epoch_s_with": epoch_with, "seconds": seconds}
         torch, why = try_torch()
         if torch is not None:
@@ -125,7 +132,8 @@ def main(argv=None):
             log(why)
     log(table(["", "file MB", "ms per write", "epoch s without", "epoch s with", "write / epoch",
                "with / without"], rows))
-    log(f"(median of {len(writes)} writes, and of {args.epochs} epochs each, interleaved)")
+    log(f"(median of {len(writes)} writes; epochs: median of {args.rounds} fits of {args.epochs} epochs each, "
+        f"interleaved; the data's fingerprint, once per fit with a checkpoint: {fingerprint_ms:.1f} ms)")
     if args.json:
         common.write_json(args.json, {"machine": common.machine(threads), "checkpoint": out})
     del ctl

@@ -302,3 +302,12 @@ def test_resume_refuses_a_checkpoint_not_written_by_the_command(run, tmp_path):
     rc, _, stderr = call("train", "--resume", path, "--out", str(tmp_path / "o"))
     line = one_error_line(rc, stderr)
     assert "not written by 'densenn train'" in line and "densenn.resume" in line, line
+
+
+def test_clipnorm_reaches_the_optimizer_and_a_resume_keeps_it(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--clipnorm", "0.5", "--out", str(out), "--no-progress"]) == 0
+    assert ckpt.read(str(out / "train.ckpt")).training["optimizer"]["config"]["clipnorm"] == 0.5
+    assert main(["train", "--clipnorm", "0", "--out", str(out)]) == 2
+    # a resume keeps the options that decide the weights: another clipnorm is refused
+    assert main(["train", "--resume", str(out / "train.ckpt"), "--clipnorm", "2", "--no-progress"]) == 1

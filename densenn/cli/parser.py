@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning rate (default: adam/adamw 0.001, sgd 0.1, momentum/nesterov 0.01)")
     p.add_argument("--weight-decay", type=_nonnegative_float, default=None,
                    help="L2 weight decay on the weights (default digits 0.001, mnist 0; adamw 0.01, decoupled)")
+    p.add_argument("--clipnorm", type=_positive_float, default=None, metavar="C",
+                   help="clip the gradients' global L2 norm to C at every step (default: no clipping)")
     p.add_argument("--schedule", choices=SCHEDULE_NAMES, default=None,
                    help="learning-rate schedule (default digits constant, mnist cosine)")
     p.add_argument("--epochs", type=_positive_int, default=None,

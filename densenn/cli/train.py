@@ -38,7 +38,8 @@ from densenn.errors import DensennError, TrainingDiverged
 from densenn.files import check_writable_folder
 
 
-def _make_optimizer(name: str, lr: float, weight_decay, schedule: str, default_decay: float = 0.0):
+def _make_optimizer(name: str, lr: float, weight_decay, schedule: str, default_decay: float = 0.0,
+                    clipnorm: float | None = None):
     """The optimizer ``name`` of ``densenn.optim.OPTIMIZERS`` (what it means: momentum 0.9,
     adamw's decoupled decay of 0.01, ...) with ``lr``, the weight decay (``weight_decay`` when
     given, else adamw's own, else ``default_decay``) and the schedule."""
@@ -50,6 +51,7 @@ def _make_optimizer(name: str, lr: float, weight_decay, schedule: str, default_d
     elif name != "adamw":
         config["weight_decay"] = default_decay
     config["schedule"] = schedule
+    config["clipnorm"] = clipnorm
     return get_optimizer(config)
 
 
@@ -140,7 +142,8 @@ def cmd_train(args) -> int:
         net = dn.Network(x_train.shape[1], specs, engine=engine, dtype=settings["dtype"], seed=settings["seed"])
         settings["cost"] = settings["cost"] or net.default_cost()
         optimizer = _make_optimizer(settings["optimizer_name"], settings["lr"], settings["weight_decay"],
-                                    settings["schedule"], TRAIN_DEFAULTS[data_name]["weight_decay"])
+                                    settings["schedule"], TRAIN_DEFAULTS[data_name]["weight_decay"],
+                                    settings.get("clipnorm"))
         settings["weight_decay"], settings["optimizer"] = optimizer.weight_decay, optimizer.config()
         arch = _architecture(net)
         what = f"{arch['text']} ({arch['params']:,} params)"
@@ -248,17 +251,19 @@ def cmd_train(args) -> int:
 
 #: the settings the model's ``cli`` block keeps as its ``train`` options
 _TRAIN_KEYS = ("data", "layers", "activation", "norm", "dropout", "cost", "optimizer", "optimizer_name", "lr",
-               "weight_decay", "schedule", "epochs", "batch_size", "seed", "dtype", "engine", "standardize",
+               "weight_decay", "clipnorm", "schedule", "epochs", "batch_size", "seed", "dtype", "engine", "standardize",
                "val_split", "early_stopping", "checkpoint_every")
 
 
 def _described(settings: dict, what: str) -> str:
     """The header's middle: the network (or the checkpoint resumed) and how it is trained."""
     epochs, schedule = settings["epochs"], settings["schedule"]
-    decay = settings["weight_decay"]
+    decay, clip = settings["weight_decay"], settings.get("clipnorm")
     parts = [what, f"{settings['optimizer_name']} lr {settings['lr']:g}"
                    f"{'' if schedule == 'constant' else ' ' + schedule}"
-                   f"{f', weight decay {decay:g}' if decay else ''}, {settings['cost']}, "
+                   f"{f', weight decay {decay:g}' if decay else ''}"
+                   f"{f', clipnorm {clip:g}' if clip else ''}, "
+                   f"{settings['cost']}, "
                    f"{epochs} epoch{'s' if epochs != 1 else ''}, batch {settings['batch_size']}"]
     if settings["early_stopping"] is not None:
         parts.append(f"early stopping (patience {settings['early_stopping']})")
