@@ -311,3 +311,14 @@ def test_clipnorm_reaches_the_optimizer_and_a_resume_keeps_it(tmp_path):
     assert main(["train", "--clipnorm", "0", "--out", str(out)]) == 2
     # a resume keeps the options that decide the weights: another clipnorm is refused
     assert main(["train", "--resume", str(out / "train.ckpt"), "--clipnorm", "2", "--no-progress"]) == 1
+
+
+def test_save_best_keeps_the_best_epochs_model_chosen_on_the_validation_split(tmp_path):
+    result = train_json(*SMALL, "--epochs", "4", "--save-best", "--out", str(tmp_path))
+    assert result["val_split"] == 0.1       # --save-best validates on the training data, not the test set
+    val_loss = result["history"]["val_loss"]
+    x, y, _, val_rows = digits_split(0.1)
+    standardizer = Standardizer.from_dict(load_extra(tmp_path / "model.dn")["cli"]["standardizer"])
+    best = dn.load(tmp_path / "best.dn", engine="cpu")
+    got = best.evaluate(standardizer.transform(x[val_rows]), y[val_rows])["loss"]
+    assert got == pytest.approx(min(val_loss), rel=1e-5)

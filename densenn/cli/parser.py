@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--early-stopping", type=_nonnegative_int, default=None, metavar="PATIENCE",
                    help="stop when the validation loss has not improved for PATIENCE epochs and keep the "
                         "weights of its best epoch (default: off)")
+    p.add_argument("--save-best", action="store_true", default=None,
+                   help="also save the model of the best epoch (lowest validation loss) to OUT/best.dn as "
+                        "training goes (validates on --val-split, default 0.1)")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="write a checkpoint to resume from at every epoch's end and on Ctrl-C (default "
                         "OUT/train.ckpt; with --resume, the checkpoint resumed); 'none' for none")

@@ -163,16 +163,18 @@ def cmd_train(args) -> int:
     scores = {"accuracy": None, "loss": None}
     try:
         if state is None:
-            callbacks = [] if settings["early_stopping"] is None else \
+            callbacks: list = [] if settings["early_stopping"] is None else \
                 [dn.EarlyStopping("val_loss", patience=settings["early_stopping"], restore_best_weights=True)]
-            early = callbacks[0] if callbacks else None
+            if settings["save_best"]:
+                callbacks.append(dn.ModelCheckpoint(os.path.join(out_dir, "best.dn"), "val_loss", save_best_only=True))
+            early = next((cb for cb in callbacks if isinstance(cb, dn.EarlyStopping)), None)
             net.fit(x_train, data.y_train, epochs=epochs, batch_size=batch_size, cost=cost, optimizer=optimizer,
                     validation_split=settings["val_split"], callbacks=callbacks, checkpoint=ckpt_path,
                     checkpoint_every=settings["checkpoint_every"], progress=not args.no_progress,
                     extra=_clean(checkpoint_block(settings, data_block, standardizer, n_classes)))
         else:
             callbacks = resumed_callbacks(dn, state)
-            early = callbacks[0] if callbacks else None
+            early = next((cb for cb in callbacks if isinstance(cb, dn.EarlyStopping)), None)
             net = dn.resume(args.resume, x_train, data.y_train, callbacks=callbacks, epochs=epochs, engine=engine,
                             progress=not args.no_progress, checkpoint=ckpt_path)
         scores = net.evaluate(x_test, data.y_test, cost=cost)
@@ -181,7 +183,9 @@ def cmd_train(args) -> int:
         # the checkpoint this run wrote, else the one a resumed run started from
         written = ckpt_path if ckpt_path is not None and stamp(ckpt_path) != before else args.resume
         if net is None:
-            # densenn.resume hands back no network when stopped: its checkpoint holds the network
+            # a resumed run: densenn.resume hands its network over with the exception
+            net = getattr(exc, "network", None)
+        if net is None:
             net, history = network_from_checkpoint(dn, written, engine)
         else:
             history = net.history
@@ -252,7 +256,7 @@ def cmd_train(args) -> int:
 #: the settings the model's ``cli`` block keeps as its ``train`` options
 _TRAIN_KEYS = ("data", "layers", "activation", "norm", "dropout", "cost", "optimizer", "optimizer_name", "lr",
                "weight_decay", "clipnorm", "schedule", "epochs", "batch_size", "seed", "dtype", "engine", "standardize",
-               "val_split", "early_stopping", "checkpoint_every")
+               "val_split", "early_stopping", "save_best", "checkpoint_every")
 
 
 def _described(settings: dict, what: str) -> str:

@@ -27,7 +27,7 @@ FIXED = (("data", "--data", "data"), ("layers", "--layers", "layers"), ("activat
          ("schedule", "--schedule", "schedule"),
          ("batch_size", "--batch-size", "batch_size"), ("seed", "--seed", "seed"), ("dtype", "--dtype", "dtype"),
          ("standardize", "--standardize", "standardize"), ("val_split", "--val-split", "val_split"),
-         ("early_stopping", "--early-stopping", "early_stopping"),
+         ("early_stopping", "--early-stopping", "early_stopping"), ("save_best", "--save-best", "save_best"),
          ("checkpoint_every", "--checkpoint-every", "checkpoint_every"))
 CHECKPOINT_NAME = "train.ckpt"
 DEFAULT_OUT = "runs"
@@ -53,9 +53,11 @@ def new_settings(args) -> dict:
         "epochs": args.epochs or defaults["epochs"], "batch_size": args.batch_size or defaults["batch_size"],
         "seed": 0 if args.seed is None else args.seed, "dtype": args.dtype or "float32",
         "standardize": defaults["standardize"] if args.standardize is None else args.standardize,
-        # early stopping chooses weights: it must choose them on data carved from the training set
+        # early stopping and --save-best choose weights: they must choose them on data carved
+        # from the training set, never on the test set
         "val_split": args.val_split if args.val_split is not None else
-        (0.1 if args.early_stopping is not None else None),
+        (0.1 if args.early_stopping is not None or args.save_best else None),
+        "save_best": bool(args.save_best),
         "early_stopping": args.early_stopping, "checkpoint_every": args.checkpoint_every,
         "engine": None, "out": None,
     }
@@ -186,20 +188,23 @@ def resume_hint(path: str | None) -> str:
 
 def resumed_callbacks(dn, state) -> list:
     """The callbacks of the checkpoint's fit, rebuilt from their config (the CLI gives only
-    EarlyStopping), so that the resumed run's early stopping can be asked for its best epoch."""
+    EarlyStopping and ModelCheckpoint), so that the resumed run's early stopping can be asked
+    for its best epoch."""
     callbacks = []
     for saved in state.training["callbacks"]:
-        if saved["type"] != "EarlyStopping" or not isinstance(saved["config"], dict):
+        kind = {"EarlyStopping": dn.EarlyStopping, "ModelCheckpoint": dn.ModelCheckpoint}.get(saved["type"])
+        if kind is None or not isinstance(saved["config"], dict):
             raise DensennError(f"--resume: checkpoint {state.path!r} was written with a {saved['type']} "
                                f"callback, which '{PROG} train' does not use; continue it with densenn.resume")
-        callbacks.append(dn.EarlyStopping(**saved["config"]))
+        callbacks.append(kind(**saved["config"]))
     return callbacks
 
 
 def network_from_checkpoint(dn, path: str, engine):
     """(network, history) as of the checkpoint at ``path``: what a resumed run that stopped
-    leaves (densenn.resume hands back no network when interrupted). With early stopping's
-    best weights in the checkpoint, those, as a run never resumed keeps them."""
+    before its network existed leaves (otherwise densenn.resume hands the network over with
+    the exception). With early stopping's best weights in the checkpoint, those, as a run
+    never resumed keeps them."""
     from densenn.training import checkpoint as ckpt
     from densenn.training.history import History
 
