@@ -21,7 +21,16 @@ from densenn.nn.dense import DenseInference, DenseTraining
 from densenn.nn.gradcheck import check_gradients
 from densenn.nn.init import INITIALIZERS
 from densenn.nn.metrics import accuracy, confusion_matrix
-from densenn.nn.network import ActivationLayer, BatchNorm, Dense, Dropout, LayerNorm, Network, TrainingNetwork
+from densenn.nn.network import (
+    ActivationLayer,
+    BatchNorm,
+    Dense,
+    Dropout,
+    LayerNorm,
+    Network,
+    TrainingNetwork,
+    from_onnx,
+)
 from densenn.optim import SGD, Adam, AdamW, CosineDecay, LinearDecay, StepDecay, get_optimizer, register_optimizer
 from densenn.training import History
 from densenn.training.callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau
@@ -35,5 +44,6 @@ __all__ = ["Network", "Dense", "Dropout", "BatchNorm", "LayerNorm", "ActivationL
            "Activation", "LeakyReLU", "ELU", "GELU", "GELUTanh", "SiLU", "Mish", "SELU", "ACTIVATIONS",
            "get_activation", "COSTS", "get_cost", "INITIALIZERS",
            "check_gradients", "accuracy", "confusion_matrix", "load", "get_engine", "set_default_engine",
-           "available_engines", "DensennError", "DensennException", "EngineUnavailable", "TrainingDiverged",
+           "available_engines", "from_onnx",
+           "DensennError", "DensennException", "EngineUnavailable", "TrainingDiverged",
            "register_activation", "register_cost", "register_optimizer"]

@@ -1,4 +1,4 @@
-"""The ``densenn`` command: train, evaluate, predict, info, bench.
+"""The ``densenn`` command: train, evaluate, predict, info, bench, export.
 
 Every subcommand prints a short human report, or with ``--json`` exactly one
 JSON object on stdout (progress bars and notes go to stderr). Mistakes the user
@@ -7,7 +7,7 @@ one line ``densenn: error: ...`` on stderr and exit status 2 (bad command line)
 or 1 (anything found later); only unexpected failures show a traceback.
 
 One module per subcommand (``train``, ``evaluate``, ``predict``, ``info``,
-``bench``), the command line in ``parser``, what they share in ``common``; ``workflow``
+``bench``, ``export``), the command line in ``parser``, what they share in ``common``; ``workflow``
 holds train's run settings, validation split, checkpoint and ``--resume``.
 See ``docs/cli.md`` for every option and the JSON keys.
 """
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     except SystemExit as exc:    # argparse: --help/--version (0) or a usage error (2, already printed)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if getattr(args, "func", None) is None:
-        print(f"{PROG}: error: missing command; choose one of train, evaluate, predict, info, bench "
+        print(f"{PROG}: error: missing command; choose one of train, evaluate, predict, info, bench, export "
               f"(see '{PROG} --help')", file=sys.stderr)
         return 2
     try:

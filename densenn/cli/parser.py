@@ -7,6 +7,7 @@ import math
 from densenn.cli.bench import cmd_bench
 from densenn.cli.common import NORM_NAMES, OPTIMIZER_NAMES, PROG, SCHEDULE_NAMES
 from densenn.cli.evaluate import cmd_evaluate
+from densenn.cli.export import cmd_export
 from densenn.cli.info import cmd_info
 from densenn.cli.predict import cmd_predict
 from densenn.cli.train import cmd_train
@@ -191,4 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="(default float32)")
     common(p)
     p.set_defaults(func=cmd_bench)
+
+    # -- export -----------------------------------------------------------------------------
+    p = sub.add_parser("export", help="write a saved model as an ONNX graph (needs the onnx package)",
+                       description="Write a saved model's inference form as a standard ONNX graph: input "
+                                   "'input' (N, n_in), output 'output' (N, n_out). See docs/onnx.md.")
+    p.add_argument("model", metavar="MODEL", help="a model file written by 'densenn train' or Network.save")
+    p.add_argument("output", metavar="OUTPUT", help="the ONNX file to write (e.g. model.onnx)")
+    p.add_argument("--opset", type=_positive_int, default=None, help="ONNX opset (default 21; 17 or newer)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the report")
+    p.set_defaults(func=cmd_export)
     return parser

@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from densenn import modelfile
+from densenn import modelfile, onnxfile
 from densenn.backend import check_dtype, get_engine
 from densenn.errors import DensennError, check_matrix, check_nonnegative_int, check_positive_int, describe
 from densenn.nn.activation_layer import ActivationLayer
@@ -28,7 +28,7 @@ from densenn.optim import Optimizer, get_optimizer
 from densenn.training import fit
 from densenn.training.weights import resolve_weights
 
-__all__ = ["Network", "Dense", "Dropout", "BatchNorm", "LayerNorm", "ActivationLayer", "TrainingNetwork",
+__all__ = ["Network", "from_onnx", "Dense", "Dropout", "BatchNorm", "LayerNorm", "ActivationLayer", "TrainingNetwork",
            "prepare_targets", "index_dtype", "LABEL_DTYPE"]
 
 # -- the network ---------------------------------------------------------------------------
@@ -382,6 +382,12 @@ class Network:
         See ``densenn.io`` for the format. Returns the path."""
         return modelfile.save(self, path, extra)
 
+    def to_onnx(self, path, opset: int | None = None) -> str:
+        """Write the inference form as a standard ONNX graph (needs the onnx package; opset
+        default 21, see docs/onnx.md), atomically. Returns the path."""
+        self._check_alive()
+        return onnxfile.export(self, path, opset)
+
     def release(self):
         """Release all engine memory this network owns; the network is unusable afterwards
         (its methods then raise DensennError). Not to be called while another thread uses it."""
@@ -405,6 +411,16 @@ class Network:
 def config_specs(config: dict) -> list:
     """The layer specs of a network's config (a Dense layer where a layer has no "type")."""
     return [layer_type(cfg, f"config.layers[{i}]").from_config(cfg) for i, cfg in enumerate(config["layers"])]
+
+
+def from_onnx(path, engine=None, dtype=None) -> Network:
+    """The Network an ONNX feed-forward graph (MatMul/Gemm/Add and activations, as PyTorch and
+    skl2onnx write an MLP) describes, trainable further; in the graph's dtype unless ``dtype``
+    is given. DensennError naming any node densenn cannot read. See docs/onnx.md."""
+    n_in, specs, tensors, file_dtype = onnxfile.read(path)
+    net = Network(n_in, specs, engine=engine, dtype=dtype or file_dtype)
+    net.set_tensors(tensors)
+    return net
 
 
 def _unpickle(config, engine_name, tensors, states, shuffle_state, history, optimizer=None) -> Network:
